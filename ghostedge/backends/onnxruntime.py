@@ -1,0 +1,114 @@
+"""ONNX Runtime on the CPU: the embedded default backend where there is no GPU.
+
+The INT8 CPU graph is not the TensorRT graph. On x86 (VNNI) a symmetric s8s8 Q/DQ graph runs slower
+than FP32, while asymmetric uint8 activations with int8 per-channel weights, every op quantized
+(QOperator format: QLinearConv, QLinearConcat, QLinearAdd, ...), runs well ahead of it. Both are
+materialized from the same calibration record (its per-tensor min/max).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from ..errors import GhostedgeError, atomic_path
+from .base import BaseRunner
+
+
+def concat_groups(model: onnx.ModelProto) -> list[list[str]]:
+    return [[n.output[0], *n.input] for n in model.graph.node if n.op_type == "Concat"]
+
+
+def shared_ranges(ranges: dict[str, tuple[float, float]], groups: list[list[str]]) -> dict[str, tuple[float, float]]:
+    """Give every tensor of a Concat group the union range, so QLinearConcat is a plain copy."""
+    out = dict(ranges)
+    changed = True
+    while changed:  # groups can chain (a concat output feeding another concat)
+        changed = False
+        for g in groups:
+            present = [out[t] for t in g if t in out]
+            if not present:
+                continue
+            lo, hi = min(r[0] for r in present), max(r[1] for r in present)
+            for t in g:
+                if t in out and out[t] != (lo, hi):
+                    out[t] = (lo, hi)
+                    changed = True
+    return out
+
+
+def quantize_for_cpu(fp32: onnx.ModelProto, record: dict, exclude: list[str] | None = None) -> onnx.ModelProto:
+    """u8s8 QOperator model from the FP32 ONNX and the calibration record's min/max."""
+    from onnxruntime.quantization import QuantType
+    from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
+    from onnxruntime.quantization.onnx_quantizer import ONNXQuantizer
+    from onnxruntime.quantization.quant_utils import QuantizationMode
+    from onnxruntime.quantization.registry import QLinearOpsRegistry
+
+    tensors = record["tensors"]
+    names = {o for n in fp32.graph.node for o in n.output} | {i.name for i in fp32.graph.input}
+    missing = sorted(names - set(tensors))
+    if missing:
+        raise GhostedgeError(f"the calibration record lacks ranges for {len(missing)} tensor(s) of the FP32 "
+                             f"ONNX (e.g. {missing[0]}): it was made for another model; rerun ghostedge quantize")
+    ranges = shared_ranges({k: (float(v["min"]), float(v["max"])) for k, v in tensors.items()},
+                           concat_groups(fp32))
+    data = TensorsData(CalibrationMethod.MinMax, {
+        k: TensorData(lowest=np.float32(min(lo, 0.0)), highest=np.float32(max(hi, 0.0)))
+        for k, (lo, hi) in ranges.items()})
+    model = onnx.shape_inference.infer_shapes(fp32)
+    q = ONNXQuantizer(model, True, False, QuantizationMode.QLinearOps, True, QuantType.QInt8,
+                      QuantType.QUInt8, data, [], list(exclude or []), list(QLinearOpsRegistry), {})
+    q.quantize_model()
+    return q.model.model
+
+
+def optimize_to(model: onnx.ModelProto, dst: str | Path) -> Path:
+    """Write the ONNX Runtime-optimized model (portable EXTENDED level) to dst, atomically."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    so.log_severity_level = 3
+    with atomic_path(dst) as tmp:
+        so.optimized_model_filepath = str(tmp)
+        ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return Path(dst)
+
+
+class OnnxRuntimeRunner(BaseRunner):
+    """Runs an ONNX file on ONNX Runtime's CPU execution provider."""
+
+    backend = "onnxruntime"
+
+    def __init__(self, path: str | Path, threads: int = 0, name: str | None = None):
+        super().__init__(name or Path(path).name)
+        self.path = Path(path)
+        self.threads = threads
+        self.sess = None
+
+    def activate_impl(self) -> None:
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        if self.threads:
+            so.intra_op_num_threads = self.threads
+        so.inter_op_num_threads = 1
+        # no spinning: a thread pool left spinning slows whatever runs next in this process
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        so.log_severity_level = 3
+        try:
+            self.sess = ort.InferenceSession(str(self.path), so, providers=["CPUExecutionProvider"])
+        except Exception as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise GhostedgeError(f"{self.path}: ONNX Runtime cannot load it ({first[:200]}): rebuild it with "
+                                 "ghostedge build") from None
+        self.input_name = self.sess.get_inputs()[0].name
+
+    def infer_impl(self, x: np.ndarray) -> np.ndarray:
+        return self.sess.run(None, {self.input_name: x})[0]
+
+    def deactivate_impl(self) -> None:
+        self.sess = None

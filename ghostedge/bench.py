@@ -1,0 +1,348 @@
+"""Throughput, latency and accuracy drift of engines against the FP32 PyTorch model, measured in one run.
+
+Runtimes are measured one after another, each torn down before the next starts, so no thread pool is
+left spinning while another runtime is timed. The harness around each inference is two
+``perf_counter`` calls (``scripts/bench_overhead.py`` shows its cost against a bare loop).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .backends.base import BaseRunner
+from .data import class_folders, find_images, labelled_set, load_images, normalize
+from .drift import compare
+from .errors import CheckFailed, GhostedgeError
+from .manifest import cpu_name, read_manifest
+from .model import ModelInfo, load_model
+
+
+@dataclass
+class BenchConfig:
+    engines: list[Path]
+    batches: tuple[int, ...] = (1, 8, 32)
+    img_size: int | None = None
+    warmup: int = 3
+    iters: int | None = None
+    seconds: float = 2.0
+    threads: int = 0
+    baseline: str = "torch"          # torch | none
+    eval_dir: Path | None = None
+    max_drop: float | None = None
+    weights: Path | None = None      # override the engines' source weights for the baseline
+    max_eval_images: int = 0         # 0 = all
+
+
+@dataclass
+class Timing:
+    throughput: float                # images/s over all timed iterations
+    p50: float
+    p90: float
+    p99: float
+    iters: int
+    gpu_ms_p50: float | None = None  # TensorRT: GPU compute only (CUDA events)
+
+
+@dataclass
+class EngineReport:
+    path: str
+    backend: str
+    precision: str
+    timings: dict[int, Timing] = field(default_factory=dict)
+    drift: dict | None = None
+    manifest: dict | None = None
+
+    def to_dict(self, base: "EngineReport | None" = None) -> dict:
+        d = {"path": self.path, "backend": self.backend, "precision": self.precision,
+             "throughput": {str(b): round(t.throughput, 2) for b, t in self.timings.items()},
+             "latency_ms": {str(b): {"p50": round(t.p50, 3), "p90": round(t.p90, 3), "p99": round(t.p99, 3)}
+                            for b, t in self.timings.items()},
+             "iters": {str(b): t.iters for b, t in self.timings.items()}}
+        if any(t.gpu_ms_p50 is not None for t in self.timings.values()):
+            d["gpu_compute_ms_p50"] = {str(b): t.gpu_ms_p50 for b, t in self.timings.items()}
+        if base is not None:
+            d["speedup_vs_baseline"] = {str(b): round(t.throughput / base.timings[b].throughput, 3)
+                                        for b, t in self.timings.items() if b in base.timings}
+        if self.drift:
+            d.update(self.drift)
+        return d
+
+
+# ---------------------------------------------------------------------------------------------
+# opening engines
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise GhostedgeError(f"engine {path} not found: build it with ghostedge build")
+    if path.is_dir():
+        raise GhostedgeError(f"{path} is a folder: pass an engine file (.plan or .onnx)")
+    if path.stat().st_size == 0:
+        raise GhostedgeError(f"engine {path} is empty: rebuild it with ghostedge build")
+    if path.suffix not in (".plan", ".engine", ".onnx"):
+        raise GhostedgeError(f"{path}: unknown engine kind {path.suffix!r}: pass a TensorRT .plan or an "
+                             "ONNX Runtime .onnx engine")
+
+
+def check_plan_manifest(man: dict, trt_version: str | None, gpu: dict | None) -> None:
+    """Explain why a .plan cannot run here, before TensorRT fails to deserialize it."""
+    built = f"TensorRT {man.get('tensorrt')} on {(man.get('gpu') or {}).get('gpu', '?')}"
+    cc = (man.get("gpu") or {}).get("compute_capability")
+    if cc:
+        built += f" (sm_{cc.replace('.', '')})"
+    if trt_version is None or gpu is None:
+        what = "TensorRT" if trt_version is None else "a CUDA GPU"
+        raise GhostedgeError(f"engine was built with {built}; this machine has no {what}: run bench on the "
+                             "board it was built for, or bench the ONNX Runtime engines here")
+    here = f"TensorRT {trt_version} on {gpu.get('gpu')} (sm_{str(gpu.get('compute_capability', '')).replace('.', '')})"
+    same_trt = str(man.get("tensorrt")) == trt_version or (
+        man.get("version_compatible") and str(man.get("tensorrt", "")).split(".")[0] == trt_version.split(".")[0])
+    same_gpu = cc == gpu.get("compute_capability") or man.get("hardware_compat")
+    if not (same_trt and same_gpu):
+        raise GhostedgeError(f"engine was built with {built}; this is {here}: rebuild here with ghostedge build")
+
+
+def open_runner(path: Path, threads: int = 0) -> tuple[BaseRunner, dict | None]:
+    _check_file(path)
+    if path.suffix == ".onnx":
+        import onnx
+
+        try:
+            onnx.load(str(path), load_external_data=False)
+        except Exception:  # protobuf's DecodeError and friends: truncated or not ONNX at all
+            raise GhostedgeError(f"{path} is not a readable ONNX model (truncated or another kind of file): "
+                                 "rebuild it with ghostedge build") from None
+        from .backends.onnxruntime import OnnxRuntimeRunner
+
+        runner = OnnxRuntimeRunner(path, threads=threads)
+        man = read_manifest(path, required=False)
+        runner.precision = (man or {}).get("precision") or _guess_precision(path)
+        return runner, man
+    man = read_manifest(path, required=True)
+    from .backends.tensorrt import TensorRTRunner, gpu_info
+
+    try:
+        import tensorrt
+
+        trt_version = str(tensorrt.__version__)
+    except ImportError:
+        trt_version = None
+    check_plan_manifest(man, trt_version, gpu_info() if trt_version else None)
+    runner = TensorRTRunner(path)
+    runner.precision = man.get("precision", "?")
+    return runner, man
+
+
+def _guess_precision(path: Path) -> str:
+    n = path.name.lower()
+    return "int8" if "int8" in n else "fp16" if "fp16" in n else "fp32"
+
+
+# ---------------------------------------------------------------------------------------------
+# measuring
+
+def time_runner(runner: BaseRunner, x: np.ndarray, warmup: int, iters: int | None, seconds: float) -> Timing:
+    for _ in range(warmup):
+        runner.infer(x)
+    gpu = getattr(runner, "gpu_ms", None)
+    if gpu is not None:
+        gpu.clear()
+    lat: list[float] = []
+    start = time.perf_counter()
+    while True:
+        t0 = time.perf_counter()
+        runner.infer(x)
+        lat.append(time.perf_counter() - t0)
+        if iters is not None:
+            if len(lat) >= iters:
+                break
+        elif len(lat) >= 5 and time.perf_counter() - start >= seconds:
+            break
+    arr = np.asarray(lat) * 1000.0
+    return Timing(throughput=len(x) * len(lat) / float(arr.sum() / 1000.0),
+                  p50=float(np.percentile(arr, 50)), p90=float(np.percentile(arr, 90)),
+                  p99=float(np.percentile(arr, 99)), iters=len(lat),
+                  gpu_ms_p50=float(np.median(gpu)) if gpu else None)
+
+
+def environment(threads: int) -> dict:
+    env = {"machine": platform.machine(), "cpu": cpu_name(), "cores": os.cpu_count(),
+           "threads": threads or os.cpu_count(), "python": platform.python_version()}
+    try:
+        import onnxruntime
+        import torch
+
+        env["onnxruntime"] = onnxruntime.__version__
+        env["torch"] = torch.__version__
+    except ImportError:
+        pass
+    if shutil.which("nvidia-smi"):
+        try:
+            q = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,clocks.sm,clocks.mem",
+                                "--format=csv,noheader"], capture_output=True, text=True, timeout=10)
+            env["gpu"] = q.stdout.strip().splitlines()[0] if q.stdout.strip() else None
+        except (OSError, subprocess.SubprocessError):
+            pass
+    if shutil.which("nvpmodel"):
+        try:
+            q = subprocess.run(["nvpmodel", "-q"], capture_output=True, text=True, timeout=10)
+            env["nvpmodel"] = " ".join(q.stdout.split())
+        except (OSError, subprocess.SubprocessError):
+            pass
+    for f in Path("/sys/devices").glob("**/devfreq/*gpu*/cur_freq") if Path("/etc/nv_tegra_release").exists() else []:
+        env["jetson_gpu_freq_hz"] = f.read_text().strip()
+        break
+    return env
+
+
+def _eval_inputs(cfg: BenchConfig, info: ModelInfo, size: int) -> tuple[np.ndarray, np.ndarray | None, str]:
+    root = cfg.eval_dir
+    try:
+        dirs = class_folders(root)
+    except GhostedgeError:
+        dirs = []
+    pre = info.preprocess
+    if dirs:
+        ds = labelled_set(root, info.classes, info.wnids)
+        paths, labels = ds.paths, np.asarray(ds.labels)
+        if cfg.max_eval_images and len(paths) > cfg.max_eval_images:
+            sel = np.random.default_rng(0).choice(len(paths), cfg.max_eval_images, replace=False)
+            sel.sort()
+            paths, labels = [paths[i] for i in sel], labels[sel]
+        u8, kept, _ = load_images(paths, pre, size, what=f"eval images in {root}")
+        return normalize(u8, pre), labels[kept], f"{root} ({len(kept)} labelled images)"
+    paths = find_images(root)
+    if not paths:
+        raise GhostedgeError(f"--eval {root} has no images: pass an ImageFolder tree (<class>/<images>) or a "
+                             "folder of images")
+    if cfg.max_eval_images:
+        paths = paths[:cfg.max_eval_images]
+    u8, _, _ = load_images(paths, pre, size, what=f"eval images in {root}")
+    return normalize(u8, pre), None, f"{root} ({len(u8)} unlabelled images: agreement only)"
+
+
+def _logits(runner: BaseRunner, x: np.ndarray, batch: int) -> np.ndarray:
+    mb = runner.max_batch() or batch
+    b = min(batch, mb)
+    return np.concatenate([runner.infer(x[i:i + b]) for i in range(0, len(x), b)])
+
+
+def bench(cfg: BenchConfig, say: Callable[[str], None] = lambda s: None) -> dict:
+    if not cfg.engines:
+        raise GhostedgeError("no engine given: pass one or more .plan / .onnx files from ghostedge build")
+    if any(b < 1 for b in cfg.batches):
+        raise GhostedgeError("--batch sizes must be >= 1")
+    if cfg.baseline not in ("torch", "none"):
+        raise GhostedgeError(f"--baseline {cfg.baseline!r}: use torch or none")
+    opened = [(p, *open_runner(p, cfg.threads)) for p in cfg.engines]
+
+    # the model the engines were built from
+    infos = [ModelInfo.from_dict(m["model"]) for _, _, m in opened if m and m.get("model")]
+    if not infos:
+        from .export import read_onnx_info
+
+        infos = [i for i in (read_onnx_info(p) for p, _, _ in opened if p.suffix == ".onnx") if i]
+    if len({i.fingerprint for i in infos}) > 1:
+        raise GhostedgeError("the engines were built from different weights: bench engines of one model at a time")
+    model = info = None
+    if cfg.baseline == "torch" or cfg.eval_dir is not None:
+        weights = cfg.weights
+        if weights is None and infos and not infos[0].source.startswith("reference"):
+            weights = Path(infos[0].source)
+        model, info = load_model(weights)
+        if infos and infos[0].fingerprint and infos[0].fingerprint != info.fingerprint:
+            raise GhostedgeError(f"the engines were built from weights {infos[0].fingerprint}, the baseline "
+                                 f"weights are {info.fingerprint}: pass the engines' --weights")
+    info = info or (infos[0] if infos else None)
+    size = cfg.img_size or (info.preprocess.input_size if info else 224)
+    for p, r, m in opened:
+        mb = None
+        if m and m.get("batch") and p.suffix != ".onnx":
+            mb = m["batch"][2]
+        if mb is not None and max(cfg.batches) > mb:
+            raise GhostedgeError(f"--batch {max(cfg.batches)} exceeds {p.name}'s profile (max {mb}): rebuild with "
+                                 f"--batch 1:{max(cfg.batches)}:{max(cfg.batches)} or bench smaller batches")
+        if m and m.get("img_size") and p.suffix != ".onnx" and m["img_size"] != size:
+            raise GhostedgeError(f"{p.name} was built for {m['img_size']} px, not {size}: pass --img-size "
+                                 f"{m['img_size']} or rebuild with --img-size {size}")
+
+    ev = None
+    if cfg.eval_dir is not None:
+        if info is None:
+            raise GhostedgeError("--eval needs the model's classes: bench engines built by ghostedge")
+        eval_size = size
+        ev = _eval_inputs(cfg, info, eval_size)
+
+    rng = np.random.default_rng(0)
+    inputs = {b: rng.standard_normal((b, 3, size, size)).astype(np.float32) for b in cfg.batches}
+    reports: list[EngineReport] = []
+    for p, runner, man in opened:
+        rep = EngineReport(str(p), runner.backend, runner.precision, manifest=man)
+        say(f"measuring {p.name} ({runner.backend}, {runner.precision})")
+        with runner:
+            for b in cfg.batches:
+                rep.timings[b] = time_runner(runner, inputs[b], cfg.warmup, cfg.iters, cfg.seconds)
+            if ev is not None:
+                rep.drift = {"_logits": _logits(runner, ev[0], max(cfg.batches))}
+        reports.append(rep)
+
+    base = None
+    ref_logits = None
+    if model is not None:
+        from .backends.torch import TorchRunner
+
+        base = EngineReport("pytorch", "torch", "fp32")
+        with TorchRunner(model, threads=cfg.threads) as tr:
+            if cfg.baseline == "torch":
+                say("measuring the FP32 PyTorch baseline")
+                for b in cfg.batches:
+                    base.timings[b] = time_runner(tr, inputs[b], cfg.warmup, cfg.iters, cfg.seconds)
+            if ev is not None:
+                ref_logits = _logits(tr, ev[0], 64)
+
+    failed = []
+    base_d: dict | None = None
+    if ev is not None:
+        x_ev, labels, what = ev
+        for rep in reports:
+            d = compare(ref_logits, rep.drift.pop("_logits"), labels, info.classes)
+            rep.drift = {"top1": d.top1, "top5": d.top5, "top1_drop_pts": d.top1_drop_pts,
+                         "agreement": d.agreement, "cosine": d.cosine, "kl": d.kl,
+                         "fp32_right_engine_wrong": d.ref_right_engine_wrong,
+                         "fp32_wrong_engine_right": d.ref_wrong_engine_right,
+                         "classes_lost_most": d.classes_lost_most}
+            drop = d.top1_drop_pts if d.labelled else 100.0 - d.agreement
+            if cfg.max_drop is not None and drop > cfg.max_drop:
+                failed.append(f"{Path(rep.path).name}: {'top-1 drop' if d.labelled else 'disagreement'} "
+                              f"{drop:.2f} pts > {cfg.max_drop}")
+        if labels is not None:
+            from .drift import accuracy
+
+            acc = accuracy(ref_logits, labels)
+            base_d = {"top1": acc.top1, "top5": acc.top5}
+    result = {
+        "engines": [r.to_dict(base if base and base.timings else None) for r in reports],
+        "baseline": ({**(base.to_dict() if base.timings else {"path": "pytorch", "backend": "torch",
+                                                             "precision": "fp32"}), **(base_d or {})}
+                     if base is not None else None),
+        "eval": ev[2] if ev else None,
+        "img_size": size,
+        "batches": list(cfg.batches),
+        "environment": environment(cfg.threads),
+        "gate": {"max_drop": cfg.max_drop, "failed": failed} if cfg.max_drop is not None else None,
+    }
+    return result
+
+
+def gate(result: dict) -> None:
+    g = result.get("gate")
+    if g and g["failed"]:
+        raise CheckFailed("accuracy gate failed: " + "; ".join(g["failed"]))

@@ -1,0 +1,167 @@
+"""Activation statistics and range selection (the calibrator: collect, compute_amax).
+
+Statistics are gathered once, on the FP32 ONNX with ONNX Runtime, for every tensor of the graph: min
+and max (so an asymmetric CPU backend can use them) and a histogram of |x| (so a symmetric TensorRT
+graph can pick amax by entropy, percentile or MSE). The record is the portable product; every
+backend materializes its own quantized graph from it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Callable, Iterable
+
+import numpy as np
+import onnx
+
+BINS = 2048
+
+
+class Method(str, Enum):
+    entropy = "entropy"
+    minmax = "minmax"
+    percentile = "percentile"
+    mse = "mse"
+
+
+@dataclass
+class TensorStats:
+    min: float
+    max: float
+    hist: np.ndarray | None = None   # counts of |x| over [0, absmax], BINS bins
+
+    @property
+    def absmax(self) -> float:
+        return max(abs(self.min), abs(self.max))
+
+
+def activation_tensors(model: onnx.ModelProto) -> list[str]:
+    """Graph input and every float node output (initializers and constants excluded)."""
+    names = [i.name for i in model.graph.input]
+    consts = {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    for n in model.graph.node:
+        if n.op_type == "Constant":
+            continue
+        names += [o for o in n.output if o and o not in consts]
+    return list(dict.fromkeys(names))
+
+
+def _session_with_outputs(model: onnx.ModelProto, names: list[str], threads: int):
+    from .export import ort_session
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    existing = {o.name for o in m.graph.output}
+    for name in names:
+        if name not in existing:
+            m.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    return ort_session(m, threads=threads, optimize=False)
+
+
+def collect_stats(model: onnx.ModelProto, batches: Callable[[], Iterable[np.ndarray]],
+                  input_name: str, threads: int = 0, histograms: bool = True,
+                  on_batch: Callable[[int], None] | None = None) -> dict[str, TensorStats]:
+    """Two passes over the calibration batches: min/max, then |x| histograms on [0, absmax]."""
+    names = activation_tensors(model)
+    sess = _session_with_outputs(model, names, threads)
+    out_names = [o.name for o in sess.get_outputs()]
+    keep = [n for n in out_names if n in set(names)]
+    lo = {n: np.inf for n in keep}
+    hi = {n: -np.inf for n in keep}
+    for xb in batches():
+        outs = sess.run(keep, {input_name: xb})
+        for n, v in zip(keep, outs):
+            lo[n] = min(lo[n], float(v.min()))
+            hi[n] = max(hi[n], float(v.max()))
+        if on_batch:
+            on_batch(len(xb))
+    stats = {n: TensorStats(lo[n], hi[n]) for n in keep}
+    if input_name in lo:
+        stats[input_name] = TensorStats(lo[input_name], hi[input_name])
+    if not histograms:
+        return stats
+    for n in stats:
+        stats[n].hist = np.zeros(BINS, np.int64)
+    for xb in batches():
+        outs = sess.run(keep, {input_name: xb})
+        for n, v in zip(keep, outs):
+            amax = stats[n].absmax
+            if amax > 0:
+                h, _ = np.histogram(np.abs(v), bins=BINS, range=(0.0, amax))
+                stats[n].hist += h
+        if on_batch:
+            on_batch(len(xb))
+    return stats
+
+
+# ---------------------------------------------------------------------------------------------
+# amax from a histogram of |x|
+
+def amax_percentile(hist: np.ndarray, absmax: float, pct: float) -> float:
+    total = hist.sum()
+    if total == 0 or absmax == 0:
+        return absmax
+    cdf = np.cumsum(hist) / total
+    idx = int(np.searchsorted(cdf, pct / 100.0))
+    return float(min(absmax, (idx + 1) * absmax / len(hist)))
+
+
+def amax_mse(hist: np.ndarray, absmax: float, num_bits: int = 8, start: int = 128, stride: int = 8) -> float:
+    """The amax that minimizes expected squared quantization error (clipping + rounding)."""
+    if hist.sum() == 0 or absmax == 0:
+        return absmax
+    nb = len(hist)
+    width = absmax / nb
+    centers = (np.arange(nb) + 0.5) * width
+    p = hist / hist.sum()
+    qmax = 2 ** (num_bits - 1) - 1
+    cands = np.arange(start, nb + 1, stride) * width
+    best, best_err = absmax, np.inf
+    for a in cands:
+        s = a / qmax
+        q = np.clip(np.round(centers / s), 0, qmax) * s
+        err = float(np.dot(p, (centers - q) ** 2))
+        if err < best_err:
+            best, best_err = float(a), err
+    return best
+
+
+def amax_entropy(hist: np.ndarray, absmax: float, num_quant_bins: int = 128, stride: int = 16) -> float:
+    """TensorRT's EntropyCalibration2: the threshold minimizing KL(P || Q) of the clipped histogram."""
+    if hist.sum() == 0 or absmax == 0:
+        return absmax
+    nb = len(hist)
+    hist = hist.astype(np.float64)
+    best_i, best_kl = nb, np.inf
+    for i in range(num_quant_bins, nb + 1, stride):
+        ref = hist[:i].copy()
+        ref[i - 1] += hist[i:].sum()
+        nz = ref > 0
+        # quantize the first i bins into num_quant_bins, then expand back over the non-empty bins
+        src = hist[:i]
+        edges = np.linspace(0, i, num_quant_bins + 1).astype(int)
+        owner = np.searchsorted(edges, np.arange(i), side="right") - 1
+        sums = np.bincount(owner, weights=src, minlength=num_quant_bins)
+        cnts = np.bincount(owner, weights=(src > 0).astype(np.float64), minlength=num_quant_bins)
+        cand = np.where(src > 0, sums[owner] / np.maximum(cnts[owner], 1), 0.0)
+        p = ref / ref.sum()
+        q_sum = cand.sum()
+        if q_sum == 0:
+            continue
+        q = cand / q_sum
+        valid = nz & (q > 0)
+        kl = float(np.sum(p[valid] * np.log(p[valid] / q[valid]))) + float(p[nz & (q == 0)].sum()) * 20.0
+        if kl < best_kl:
+            best_kl, best_i = kl, i
+    return float(best_i * absmax / nb)
+
+
+def compute_amax(st: TensorStats, method: Method, percentile: float = 99.99) -> float:
+    if method == Method.minmax or st.hist is None:
+        return st.absmax
+    if method == Method.percentile:
+        return amax_percentile(st.hist, st.absmax, percentile)
+    if method == Method.mse:
+        return amax_mse(st.hist, st.absmax)
+    return amax_entropy(st.hist, st.absmax)

@@ -1,0 +1,92 @@
+"""The ``ghostedge`` command line: options -> settings -> library call -> render.
+
+User errors (``GhostedgeError``) print one line on stderr and exit non-zero; ``--debug`` shows the
+traceback instead.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from . import __version__
+from .errors import GhostedgeError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="GhostNet from PyTorch to INT8-quantized TensorRT / ONNX Runtime engines, "
+                       "with the accuracy cost and the speed-up measured.")
+calib_app = typer.Typer(no_args_is_help=True, help="Calibration sets.")
+app.add_typer(calib_app, name="calib")
+
+out = Console()
+err = Console(stderr=True)
+_state = {"debug": False}
+
+WeightsOpt = Annotated[Optional[Path], typer.Option(
+    "--weights", help="checkpoint (.safetensors / .pth / .pt); default: the shipped reference model")]
+NumClassesOpt = Annotated[Optional[int], typer.Option(
+    "--num-classes", help="classes of the checkpoint when it carries no metadata")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON object instead of tables")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"ghostedge {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    debug: Annotated[bool, typer.Option("--debug", help="show tracebacks on errors")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="print the version and exit")] = False,
+) -> None:
+    _state["debug"] = debug
+
+
+def _warn_to_stderr(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
+    err.print(f"[yellow]warning:[/] {message}", highlight=False)
+
+
+def run() -> None:
+    """Console-script entry point: turns package errors into one line and an exit code."""
+    warnings.showwarning = _warn_to_stderr
+    try:
+        app(standalone_mode=False)
+    except GhostedgeError as e:
+        if _state["debug"]:
+            raise
+        err.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
+        sys.exit(e.exit_code)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        err.print("aborted")
+        sys.exit(130)
+    except KeyboardInterrupt:
+        err.print("interrupted: outputs already written are complete; nothing partial was left")
+        sys.exit(130)
+    except Exception as e:  # click usage errors and the like
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        if _state["debug"]:
+            raise
+        err.print(f"[red]error:[/] unexpected {type(e).__name__}: {e} (rerun with --debug for the "
+                  "traceback and report it)", highlight=False, soft_wrap=True)
+        sys.exit(1)
+
+
+def _print_json(obj: object) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+from . import commands  # noqa: E402,F401  (registers the commands on `app`)

@@ -1,0 +1,460 @@
+"""The commands of the ``ghostedge`` CLI. Each is thin: options -> settings -> library call -> render."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .cli import JsonOpt, NumClassesOpt, WeightsOpt, _print_json, app, calib_app, err, out
+from .errors import CheckFailed, GhostedgeError
+
+
+@app.command()
+def train(
+    data: Annotated[Path, typer.Argument(help="ImageFolder tree with train/<class>/ and val/<class>/")],
+    out_path: Annotated[Path, typer.Option("--out", help="where the best checkpoint goes")] = Path(
+        "runs/ghostnet.safetensors"),
+    width: Annotated[float, typer.Option(help="width multiplier (0.5, 1.0, 1.3)")] = 1.0,
+    img_size: Annotated[int, typer.Option(help="training and native eval resolution")] = 128,
+    epochs: Annotated[int, typer.Option()] = 30,
+    batch: Annotated[int, typer.Option()] = 64,
+    lr: Annotated[float, typer.Option(help="peak learning rate (AdamW)")] = 2e-3,
+    weight_decay: Annotated[float, typer.Option()] = 0.05,
+    warmup_epochs: Annotated[float, typer.Option()] = 2.0,
+    schedule: Annotated[str, typer.Option(help="cosine | step | constant")] = "cosine",
+    label_smoothing: Annotated[float, typer.Option()] = 0.1,
+    min_scale: Annotated[float, typer.Option(
+        help="augmentation strength: smallest random-resized-crop area (1.0 = no crop)")] = 0.25,
+    ema_decay: Annotated[float, typer.Option(help="weight EMA decay (validated and saved)")] = 0.999,
+    seed: Annotated[int, typer.Option()] = 0,
+    threads: Annotated[int, typer.Option(help="CPU threads (0 = all cores)")] = 0,
+    weights: WeightsOpt = None,
+    resume: Annotated[bool, typer.Option(help="continue from OUT.last.pt")] = False,
+    max_train_images: Annotated[int, typer.Option(hidden=True)] = 0,
+) -> None:
+    """Train GhostNet from scratch (or fine-tune from --weights) on an ImageFolder tree."""
+    from .train import TrainConfig, train as run_train
+
+    if schedule not in ("cosine", "step", "constant"):
+        raise GhostedgeError(f"--schedule {schedule!r} is unknown: use cosine, step or constant")
+    cfg = TrainConfig(data=data, out=out_path, width=width, img_size=img_size, epochs=epochs, batch=batch,
+                      lr=lr, weight_decay=weight_decay, warmup_epochs=warmup_epochs, schedule=schedule,
+                      label_smoothing=label_smoothing, min_scale=min_scale, ema_decay=ema_decay, seed=seed,
+                      threads=threads, weights=weights, resume=resume, max_train_images=max_train_images)
+    rec = run_train(cfg, progress=lambda s: err.print(s, highlight=False))
+    out.print(f"best val top-1 {rec['best_val_top1'] * 100:.2f}% -> {rec['out']} ({rec['seconds'] / 60:.1f} min)")
+
+
+def _progress():
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                    console=err, transient=True)
+
+
+def _say(s: str) -> None:
+    err.print(s, highlight=False)
+
+
+@app.command()
+def info(
+    weights: WeightsOpt = None,
+    num_classes: NumClassesOpt = None,
+    img_size: Annotated[Optional[int], typer.Option(help="input size for the MAC count")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Model summary: width, classes, parameters, MACs, preprocessing, weights source."""
+    from .model import load_model, model_summary
+
+    model, mi = load_model(weights, num_classes)
+    s = model_summary(model, mi, img_size)
+    if as_json:
+        _print_json(s)
+        return
+    from rich.table import Table
+
+    t = Table(show_header=False, title="GhostNet")
+    shown = dict(s)
+    shown["classes"] = f"{len(s['classes'])}: " + ", ".join(s["classes"][:10]) + (" ..." if len(s["classes"]) > 10 else "")
+    shown["params"] = f"{s['params']:,}"
+    shown["macs"] = f"{s['macs'] / 1e6:.1f} M at {s['img_size']}x{s['img_size']}"
+    for k, v in shown.items():
+        t.add_row(k, str(v))
+    out.print(t)
+
+
+@app.command()
+def export(
+    weights: WeightsOpt = None,
+    num_classes: NumClassesOpt = None,
+    out_path: Annotated[Path, typer.Option("--out", help="ONNX file to write")] = Path("engines/ghostnet.onnx"),
+    img_size: Annotated[Optional[int], typer.Option(help="export resolution (default: the model's)")] = None,
+    real: Annotated[Optional[Path], typer.Option(help="folder of real images for the parity check")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Export the FP32 ONNX (opset 17, BN folded, dynamic batch) and check parity with PyTorch."""
+    from .data import load_images, normalize, sample_images
+    from .export import export_onnx
+    from .model import load_model
+
+    model, mi = load_model(weights, num_classes)
+    xr = None
+    if real is not None:
+        u8, _, _ = load_images(sample_images(real, 8), mi.preprocess, img_size, what=f"images in {real}")
+        xr = normalize(u8, mi.preprocess)
+    r = export_onnx(model, mi, out_path, img_size, real_inputs=xr)
+    res = {"path": str(r.path), "opset": r.opset, "nodes": r.nodes, "parity_random_max_abs": r.parity_random,
+           "parity_real_max_abs": r.parity_real, "passed": r.passed}
+    if as_json:
+        _print_json(res)
+    else:
+        out.print(f"wrote {r.path} (opset {r.opset}, {r.nodes} nodes); parity with PyTorch: max |diff| "
+                  f"{r.parity_random:.2e} random" + (f", {r.parity_real:.2e} real images" if r.parity_real is not None
+                                                      else "") + " (<= 1e-4: ok)")
+
+
+@app.command(name="eval")
+def eval_cmd(
+    data: Annotated[Path, typer.Option("--data", help="ImageFolder set (<class>/<images>), e.g. imagenette/val")],
+    weights: WeightsOpt = None,
+    num_classes: NumClassesOpt = None,
+    batch: Annotated[int, typer.Option()] = 64,
+    img_size: Annotated[Optional[int], typer.Option(help="default: the model's native resolution")] = None,
+    threads: Annotated[int, typer.Option(help="CPU threads (0 = all)")] = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Top-1, top-5, per-class accuracy and the most common confusions of a checkpoint."""
+    from .evaluate import EvalConfig, evaluate
+
+    with _progress() as p:
+        task = p.add_task("evaluating", total=None)
+        res = evaluate(EvalConfig(data, weights, num_classes, batch, img_size, threads),
+                       lambda d, t: p.update(task, completed=d, total=t))
+    if as_json:
+        _print_json(res)
+        return
+    from rich.table import Table
+
+    out.print(f"[bold]{res['weights']}[/] on {res['data']} ({res['n']} images, {res['img_size']} px): "
+              f"top-1 {res['top1']:.2f}%  top-5 {res['top5']:.2f}%")
+    t = Table(title="per class")
+    for c in ("class", "n", "top-1 %", "most confused with"):
+        t.add_column(c)
+    for r in res["per_class"]:
+        t.add_row(r["class"], str(r["n"]), f"{r['top1']:.1f}", str(r["most_confused_with"] or "-"))
+    out.print(t)
+    if res["top_confusions"]:
+        out.print("top confusions: " + "; ".join(f"{c['true']} -> {c['predicted']} ({c['count']})"
+                                                 for c in res["top_confusions"][:5]))
+
+
+@app.command()
+def quantize(
+    calib: Annotated[Path, typer.Option("--calib", help="folder of calibration images (searched recursively)")],
+    weights: WeightsOpt = None,
+    num_classes: NumClassesOpt = None,
+    method: Annotated[str, typer.Option(help="entropy | minmax | percentile | mse")] = "percentile",
+    percentile: Annotated[float, typer.Option(help="for --method percentile")] = 99.99,
+    num_images: Annotated[int, typer.Option(help="calibration images to use")] = 512,
+    batch: Annotated[int, typer.Option(help="calibration batch size")] = 32,
+    out_dir: Annotated[Path, typer.Option("--out", help="output folder")] = Path("engines"),
+    eval_dir: Annotated[Optional[Path], typer.Option("--eval", help="labelled ImageFolder set for drift")] = None,
+    max_drop: Annotated[Optional[float], typer.Option(
+        help="top-1 drop budget (points); the most sensitive layers stay in float until it is met")] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+    threads: Annotated[int, typer.Option(help="CPU threads (0 = all)")] = 0,
+    cache_trt_version: Annotated[str, typer.Option(help="TensorRT version stamped into the calibration cache")] = "8.6.1",
+    as_json: JsonOpt = False,
+) -> None:
+    """INT8 post-training quantization: Q/DQ ONNX + calibration record + TensorRT cache, drift measured."""
+    from .calibrate import Method
+    from .quantize import QuantizeConfig, quantize as run_quantize
+
+    try:
+        m = Method(method)
+    except ValueError:
+        raise GhostedgeError(f"--method {method!r}: use entropy, minmax, percentile or mse") from None
+    cfg = QuantizeConfig(calib=calib, out=out_dir, weights=weights, num_classes=num_classes, method=m,
+                         percentile=percentile, num_images=num_images, batch=batch, eval_dir=eval_dir,
+                         max_drop=max_drop, seed=seed, threads=threads, trt_version=cache_trt_version)
+    with _progress() as p:
+        tasks: dict[str, int] = {}
+
+        def tick(what: str, done: int, total: int) -> None:
+            if what not in tasks:
+                tasks[what] = p.add_task(what, total=total)
+            p.update(tasks[what], completed=done, total=total)
+
+        res = run_quantize(cfg, progress=tick, say=_say)
+    if as_json:
+        _print_json(res.to_dict())
+    else:
+        from rich.table import Table
+
+        d = res.drift
+        t = Table(title=f"INT8 vs FP32 PyTorch on {res.drift_set}\nmeasured with {res.measured_with}")
+        for c in ("metric", "value"):
+            t.add_column(c)
+        if d.labelled:
+            t.add_row("top-1 FP32 / INT8", f"{d.ref_top1:.2f}% / {d.top1:.2f}%")
+            t.add_row("top-5 FP32 / INT8", f"{d.ref_top5:.2f}% / {d.top5:.2f}%")
+            t.add_row("top-1 drop", f"{d.top1_drop_pts:+.2f} pts")
+            t.add_row("FP32 right, INT8 wrong / reverse", f"{d.ref_right_engine_wrong} / {d.ref_wrong_engine_right}")
+        t.add_row("top-1 agreement", f"{d.agreement:.2f}%")
+        t.add_row("logit cosine", f"{d.cosine:.5f}")
+        t.add_row("KL(FP32 || INT8)", f"{d.kl:.5f}")
+        t.add_row("kept in float", f"{len(res.excluded)} node(s)")
+        out.print(t)
+        for st in res.mixed_precision_steps[1:]:
+            out.print(f"  kept {st['node']} in float -> drop {st['drop']:.2f}, agreement {st['agreement']:.2f}%")
+        out.print(f"{res.method} calibration on {res.num_images} images in {res.seconds:.1f}s; wrote "
+                  + ", ".join(Path(f).name for f in res.files.values()) + f" to {res.out}")
+    if max_drop is not None:
+        drop = res.drift.top1_drop_pts if res.drift.labelled else 100 - res.drift.agreement
+        if drop > max_drop:
+            raise CheckFailed(f"drop {drop:.2f} pts still exceeds --max-drop {max_drop} with "
+                              f"{len(res.excluded)} layer(s) in float: add calibration images or raise the budget")
+
+
+@calib_app.command("distill")
+def calib_distill(
+    n: Annotated[int, typer.Option("--n", help="images to synthesize")] = 128,
+    out_dir: Annotated[Path, typer.Option("--out", help="folder to write PNGs into")] = Path("calib"),
+    weights: WeightsOpt = None,
+    iters: Annotated[int, typer.Option(help="optimization steps per batch")] = 200,
+    batch: Annotated[int, typer.Option()] = 32,
+    lr: Annotated[float, typer.Option()] = 0.1,
+    seed: Annotated[int, typer.Option()] = 0,
+    threads: Annotated[int, typer.Option(help="CPU threads (0 = all)")] = 0,
+) -> None:
+    """Synthesize calibration images from the model itself (data-free, ZeroQ-style)."""
+    from .distill import DistillConfig, distill
+
+    with _progress() as p:
+        task = p.add_task("distilling", total=None)
+        meta = distill(DistillConfig(out=out_dir, n=n, batch=batch, iters=iters, lr=lr, seed=seed,
+                                     weights=weights, threads=threads),
+                       lambda d, t, loss: p.update(task, completed=d, total=t, description=f"BN loss {loss:.2f}"))
+    out.print(f"wrote {meta['n']} images to {out_dir} in {meta['seconds']:.0f}s (use 256-1024 real images from "
+              "the training distribution when you have them)")
+
+
+@app.command()
+def build(
+    fp32: Annotated[bool, typer.Option("--fp32", help="FP32 engine")] = False,
+    fp16: Annotated[bool, typer.Option("--fp16", help="FP16 engine (GPU only)")] = False,
+    int8: Annotated[bool, typer.Option("--int8", help="INT8 engine from the Q/DQ ONNX (default)")] = False,
+    backend: Annotated[str, typer.Option(help="auto | tensorrt | onnxruntime")] = "auto",
+    target: Annotated[str, typer.Option(help="auto | orin-nano | orin-nx | agx-orin | xavier-nx | agx-xavier | "
+                                             "thor | dgpu")] = "auto",
+    batch: Annotated[str, typer.Option(help="N (static) or MIN:OPT:MAX (dynamic profile)")] = "1:8:32",
+    img_size: Annotated[Optional[int], typer.Option(help="input size (default: the model's)")] = None,
+    workspace: Annotated[Optional[int], typer.Option(help="workspace pool limit in MiB (default: target's cap)")] = None,
+    dla_core: Annotated[Optional[int], typer.Option(help="build for this DLA core (Jetson)")] = None,
+    gpu_fallback: Annotated[bool, typer.Option(help="let layers DLA cannot run fall back to the GPU")] = False,
+    timing_cache: Annotated[Optional[Path], typer.Option(help="timing cache to load and update")] = None,
+    opt_level: Annotated[Optional[int], typer.Option(help="builder optimization level 0-5")] = None,
+    hardware_compat: Annotated[bool, typer.Option(help="Ampere+ hardware-compatible engine")] = False,
+    version_compatible: Annotated[bool, typer.Option(help="version-compatible engine")] = False,
+    calib_cache: Annotated[Optional[Path], typer.Option(
+        help="implicit INT8 from this legacy calibration cache (TensorRT < 11, DLA on JetPack 5)")] = None,
+    engines: Annotated[Path, typer.Option(help="folder with the quantize outputs")] = Path("engines"),
+    out_path: Annotated[Optional[Path], typer.Option("--out", help="engine file to write")] = None,
+    frontend: Annotated[str, typer.Option(help="onnx | torch-tensorrt")] = "onnx",
+    weights: WeightsOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Build an engine: TensorRT for NVIDIA GPUs / Jetson, ONNX Runtime on a CPU."""
+    from .build import Backend, BuildConfig, Precision, build as run_build, parse_batch
+
+    chosen = [p for p, on in (("fp32", fp32), ("fp16", fp16), ("int8", int8)) if on]
+    if len(chosen) > 1:
+        raise GhostedgeError("pass one of --fp32, --fp16, --int8")
+    try:
+        be = Backend(backend)
+    except ValueError:
+        raise GhostedgeError(f"--backend {backend!r}: use auto, tensorrt or onnxruntime") from None
+    if frontend not in ("onnx", "torch-tensorrt"):
+        raise GhostedgeError(f"--frontend {frontend!r}: use onnx or torch-tensorrt")
+    if opt_level is not None and not 0 <= opt_level <= 5:
+        raise GhostedgeError("--opt-level must be 0..5")
+    if workspace is not None and workspace < 1:
+        raise GhostedgeError("--workspace must be a positive number of MiB")
+    cfg = BuildConfig(engines=engines, precision=Precision(chosen[0] if chosen else "int8"), backend=be,
+                      target=target, batch=parse_batch(batch), img_size=img_size, workspace_mib=workspace,
+                      dla_core=dla_core, gpu_fallback=gpu_fallback, timing_cache=timing_cache,
+                      opt_level=opt_level, hardware_compat=hardware_compat,
+                      version_compatible=version_compatible, calib_cache=calib_cache, out=out_path,
+                      frontend=frontend, weights=weights)
+    r = run_build(cfg, say=_say)
+    res = {"engine": str(r.engine), "manifest": str(r.manifest), "backend": r.backend, "precision": r.precision,
+           "seconds": r.seconds, "trtexec": r.trtexec, "dla_fallback_layers": r.dla_fallback_layers}
+    if as_json:
+        _print_json(res)
+        return
+    out.print(f"built {r.engine} ({r.backend}, {r.precision}) in {r.seconds:.1f}s; manifest {r.manifest.name}")
+    if r.dla_fallback_layers:
+        out.print(f"[yellow]{len(r.dla_fallback_layers)} layer(s) fell back from DLA to the GPU:[/] "
+                  + ", ".join(r.dla_fallback_layers))
+    if r.trtexec:
+        out.print(f"same engine with trtexec: {r.trtexec}")
+
+
+@app.command()
+def inspect(
+    engine: Annotated[Path, typer.Argument(help="a .plan (TensorRT) or .onnx (ONNX Runtime) engine")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Per-layer table of an engine: type, precision, device, tactic; fallbacks flagged."""
+    from .inspect import inspect_path
+
+    rows = inspect_path(engine)
+    if as_json:
+        _print_json({"engine": str(engine), "layers": rows,
+                     "flagged": {f: sum(f in r["flags"] for r in rows) for f in ("fp32", "reformat", "dla->gpu")}})
+        return
+    from rich.table import Table
+
+    t = Table(title=str(engine))
+    for c in ("#", "name", "type", "precision", "device", "tactic", "flags"):
+        t.add_column(c)
+    for i, r in enumerate(rows):
+        t.add_row(str(i), r["name"][-60:], r["type"], r["precision"], r["device"], r["tactic"][-30:],
+                  ("[yellow]" + ",".join(r["flags"]) + "[/]") if r["flags"] else "")
+    out.print(t)
+    counts = {f: sum(f in r["flags"] for r in rows) for f in ("fp32", "reformat", "dla->gpu")}
+    out.print(f"{len(rows)} layers; flagged: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+
+
+def _bench_cfg(engines: list[Path], batch: str, img_size, warmup, iters, seconds, threads, baseline,  # noqa: ANN001
+               eval_dir, max_drop, weights, max_eval_images):  # noqa: ANN001
+    from .bench import BenchConfig
+
+    try:
+        batches = tuple(int(b) for b in batch.split(",") if b.strip())
+    except ValueError:
+        raise GhostedgeError(f"--batch {batch!r}: use a comma-separated list such as 1,8,32") from None
+    if not batches or min(batches) < 1:
+        raise GhostedgeError(f"--batch {batch!r}: sizes must be >= 1")
+    if iters is not None and iters < 1:
+        raise GhostedgeError("--iters must be >= 1")
+    return BenchConfig(engines=engines, batches=batches, img_size=img_size, warmup=warmup, iters=iters,
+                       seconds=seconds, threads=threads, baseline=baseline, eval_dir=eval_dir, max_drop=max_drop,
+                       weights=weights, max_eval_images=max_eval_images)
+
+
+def _render_bench(res: dict, as_json: bool, report: Optional[Path], plot: Optional[Path]) -> None:
+    from .report import bench_plot, print_bench, write_markdown
+
+    if report:
+        write_markdown(res, report)
+    if plot:
+        bench_plot(res, plot)
+    if as_json:
+        _print_json(res)
+    else:
+        print_bench(res, out)
+        for f in (report, plot):
+            if f:
+                out.print(f"wrote {f}")
+
+
+@app.command()
+def bench(
+    engines: Annotated[list[Path], typer.Argument(help=".plan (TensorRT) and/or .onnx (ONNX Runtime) engines")],
+    batch: Annotated[str, typer.Option(help="batch sizes, comma-separated")] = "1,8,32",
+    img_size: Annotated[Optional[int], typer.Option(help="input size (default: the model's)")] = None,
+    warmup: Annotated[int, typer.Option(help="untimed iterations per engine and batch")] = 3,
+    iters: Annotated[Optional[int], typer.Option(help="timed iterations (default: run for --seconds)")] = None,
+    seconds: Annotated[float, typer.Option(help="time per engine and batch when --iters is not given")] = 2.0,
+    threads: Annotated[int, typer.Option(help="CPU threads (0 = all cores)")] = 0,
+    baseline: Annotated[str, typer.Option(help="torch | none")] = "torch",
+    eval_dir: Annotated[Optional[Path], typer.Option("--eval", help="ImageFolder set for accuracy drift")] = None,
+    max_drop: Annotated[Optional[float], typer.Option(help="exit 1 when an engine's top-1 drop exceeds this")] = None,
+    max_eval_images: Annotated[int, typer.Option(help="cap on eval images (0 = all)")] = 0,
+    weights: WeightsOpt = None,
+    as_json: JsonOpt = False,
+    report: Annotated[Optional[Path], typer.Option(help="write a Markdown report")] = None,
+    plot: Annotated[Optional[Path], typer.Option(help="write a PNG plot")] = None,
+) -> None:
+    """Throughput, latency and accuracy drift of engines vs the FP32 PyTorch model, in one run."""
+    from .bench import bench as run_bench, gate
+    from .report import check_plot_available
+
+    if plot:
+        check_plot_available()
+    cfg = _bench_cfg(engines, batch, img_size, warmup, iters, seconds, threads, baseline, eval_dir, max_drop,
+                     weights, max_eval_images)
+    res = run_bench(cfg, say=_say)
+    _render_bench(res, as_json, report, plot)
+    gate(res)
+
+
+@app.command()
+def pipeline(
+    calib: Annotated[Path, typer.Option("--calib", help="calibration images")] = Path("calib"),
+    weights: WeightsOpt = None,
+    eval_dir: Annotated[Optional[Path], typer.Option("--eval", help="ImageFolder set for accuracy drift")] = None,
+    engines: Annotated[Path, typer.Option(help="output folder")] = Path("engines"),
+    method: Annotated[str, typer.Option(help="calibration method")] = "percentile",
+    num_images: Annotated[int, typer.Option()] = 512,
+    backend: Annotated[str, typer.Option(help="auto | tensorrt | onnxruntime")] = "auto",
+    batch: Annotated[str, typer.Option(help="bench batch sizes")] = "1,8,32",
+    img_size: Annotated[Optional[int], typer.Option(help="bench input size (default: the model's)")] = None,
+    seconds: Annotated[float, typer.Option(help="bench time per engine and batch")] = 2.0,
+    threads: Annotated[int, typer.Option(help="CPU threads (0 = all)")] = 0,
+    max_drop: Annotated[Optional[float], typer.Option(help="exit 1 when INT8 drops more than this")] = None,
+    max_eval_images: Annotated[int, typer.Option(help="cap on eval images (0 = all)")] = 0,
+    report: Annotated[Path, typer.Option(help="Markdown report")] = Path("engines/report.md"),
+    plot: Annotated[Optional[Path], typer.Option(help="PNG plot")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """quantize -> build (TensorRT on a GPU, ONNX Runtime otherwise) -> bench with drift, one report."""
+    from .bench import bench as run_bench, gate
+    from .build import Backend, BuildConfig, Precision, build as run_build, parse_batch
+    from .calibrate import Method
+    from .quantize import QuantizeConfig, quantize as run_quantize
+    from .report import check_plot_available
+
+    if plot:
+        check_plot_available()
+    try:
+        m, be = Method(method), Backend(backend)
+    except ValueError:
+        raise GhostedgeError("--method: entropy|minmax|percentile|mse; --backend: auto|tensorrt|onnxruntime") from None
+    batches = _bench_cfg([], batch, img_size, 3, None, seconds, threads, "torch", eval_dir, max_drop, weights,
+                         max_eval_images).batches
+    _say("[1/3] quantize")
+    with _progress() as p:
+        tasks: dict[str, int] = {}
+
+        def tick(what: str, done: int, total: int) -> None:
+            if what not in tasks:
+                tasks[what] = p.add_task(what, total=total)
+            p.update(tasks[what], completed=done, total=total)
+
+        q = run_quantize(QuantizeConfig(calib=calib, out=engines, weights=weights, method=m, num_images=num_images,
+                                        threads=threads), progress=tick, say=_say)
+    _say(f"  INT8 vs FP32 on {q.drift_set}: agreement {q.drift.agreement:.2f}%")
+    _say("[2/3] build")
+    from .build import choose_backend
+
+    be = choose_backend(BuildConfig(backend=be), _say)
+    built = []
+    precs = (Precision.fp32, Precision.int8) if be == Backend.onnxruntime else (Precision.fp16, Precision.int8)
+    for prec in precs:
+        out_path = engines / (f"ghostnet.{prec.value}.plan" if be == Backend.tensorrt else
+                              f"ghostnet.{prec.value}.ort.onnx")
+        r = run_build(BuildConfig(engines=engines, precision=prec, backend=be, out=out_path,
+                                  batch=(1, max(batches), max(batches))), say=_say)
+        _say(f"  {r.engine} ({r.backend}, {r.precision})")
+        built.append(r.engine)
+    _say("[3/3] bench")
+    cfg = _bench_cfg(built, batch, img_size, 3, None, seconds, threads, "torch", eval_dir or calib, max_drop,
+                     weights, max_eval_images)
+    res = run_bench(cfg, say=_say)
+    res["quantize"] = q.to_dict()
+    _render_bench(res, as_json, report, plot)
+    gate(res)

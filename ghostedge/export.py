@@ -1,0 +1,221 @@
+"""PyTorch GhostNet -> one self-contained FP32 ONNX file (opset 17, BN folded, dynamic batch).
+
+Opset 17 because TensorRT 8.5 (JetPack 5) reads opset <= 17. The TorchScript exporter writes it in one
+file; torch's dynamo exporter would write opset >= 18 and a separate ``.data`` file.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+import torch.nn as nn
+
+from .errors import CheckFailed, GhostedgeError, atomic_path
+from .model import GhostNet, ModelInfo
+
+OPSET = 17
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+PARITY_ATOL = 1e-4
+METADATA_KEY = "ghostedge"
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    opset: int
+    parity_random: float                 # max |logit diff| vs PyTorch on random inputs
+    parity_real: float | None = None     # ... on real images, where given
+    nodes: int = 0
+    reused: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        worst = max(self.parity_random, self.parity_real or 0.0)
+        return worst <= PARITY_ATOL
+
+
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """A copy of the model with every BatchNorm that follows a Conv folded into the Conv."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    m = copy.deepcopy(model).eval()
+
+    def fold(parent: nn.Module) -> None:
+        names = list(parent._modules)
+        for i, name in enumerate(names):
+            child = parent._modules[name]
+            if child is None:
+                continue
+            if isinstance(child, nn.BatchNorm2d) and i > 0 and isinstance(parent._modules[names[i - 1]], nn.Conv2d):
+                parent._modules[names[i - 1]] = fuse_conv_bn_eval(parent._modules[names[i - 1]], child)
+                parent._modules[name] = nn.Identity()
+            else:
+                fold(child)
+        # GhostBottleneck keeps conv_dw / bn_dw as attributes, not in a Sequential
+        if hasattr(parent, "conv_dw") and isinstance(getattr(parent, "bn_dw", None), nn.BatchNorm2d):
+            parent.conv_dw = fuse_conv_bn_eval(parent.conv_dw, parent.bn_dw)
+            parent.bn_dw = nn.Identity()
+        if isinstance(parent, GhostNet) and isinstance(parent.bn1, nn.BatchNorm2d):
+            parent.conv_stem = fuse_conv_bn_eval(parent.conv_stem, parent.bn1)
+            parent.bn1 = nn.Identity()
+        if hasattr(parent, "conv") and isinstance(getattr(parent, "bn1", None), nn.BatchNorm2d) and \
+                isinstance(parent.conv, nn.Conv2d):
+            parent.conv = fuse_conv_bn_eval(parent.conv, parent.bn1)
+            parent.bn1 = nn.Identity()
+
+    fold(m)
+    return m
+
+
+def onnx_metadata(info: ModelInfo) -> dict[str, str]:
+    return {METADATA_KEY: json.dumps(info.to_dict()), "fingerprint": info.fingerprint,
+            "preprocess": json.dumps(info.preprocess.to_dict()), "width": str(info.width),
+            "classes": json.dumps(info.classes)}
+
+
+def read_onnx_info(model: onnx.ModelProto | str | Path) -> ModelInfo | None:
+    """The ModelInfo a ghostedge export stored in the ONNX metadata (None for foreign files)."""
+    if not isinstance(model, onnx.ModelProto):
+        model = onnx.load(str(model), load_external_data=False)
+    for p in model.metadata_props:
+        if p.key == METADATA_KEY:
+            return ModelInfo.from_dict(json.loads(p.value))
+    return None
+
+
+def constants_to_initializers(proto: onnx.ModelProto) -> None:
+    """Turn Constant nodes into initializers, so every node output is an activation."""
+    keep = []
+    for n in proto.graph.node:
+        if n.op_type == "Constant" and len(n.attribute) == 1 and n.attribute[0].name == "value":
+            t = onnx.TensorProto()
+            t.CopyFrom(n.attribute[0].t)
+            t.name = n.output[0]
+            proto.graph.initializer.append(t)
+        else:
+            keep.append(n)
+    del proto.graph.node[:]
+    proto.graph.node.extend(keep)
+
+
+def to_onnx_proto(model: GhostNet, info: ModelInfo, img_size: int | None = None) -> onnx.ModelProto:
+    size = img_size or info.preprocess.input_size
+    folded = fold_batchnorm(model)
+    dummy = torch.randn(1, 3, size, size)
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(folded, (dummy,), buf, dynamo=False, opset_version=OPSET,
+                          input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], do_constant_folding=True,
+                          dynamic_axes={INPUT_NAME: {0: "batch", 2: "height", 3: "width"},
+                                        OUTPUT_NAME: {0: "batch"}})
+    proto = onnx.load_from_string(buf.getvalue())
+    constants_to_initializers(proto)
+    proto.producer_name = "ghostedge"
+    del proto.metadata_props[:]
+    for k, v in onnx_metadata(info).items():
+        proto.metadata_props.add(key=k, value=v)
+    onnx.checker.check_model(proto)
+    return proto
+
+
+def ort_session(model: onnx.ModelProto | str | Path, threads: int = 0, optimize: bool = True):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    if threads:
+        so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.log_severity_level = 3
+    if not optimize:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+
+
+def parity(model: GhostNet, proto: onnx.ModelProto, x: np.ndarray) -> float:
+    sess = ort_session(proto)
+    with torch.inference_mode():
+        ref = model.eval()(torch.from_numpy(x)).numpy()
+    got = sess.run(None, {INPUT_NAME: x})[0]
+    return float(np.abs(ref - got).max())
+
+
+def export_onnx(model: GhostNet, info: ModelInfo, dst: str | Path, img_size: int | None = None,
+                real_inputs: np.ndarray | None = None, check: bool = True) -> ExportResult:
+    """Export, check parity with PyTorch (random + real inputs), write atomically."""
+    size = img_size or info.preprocess.input_size
+    if size < 32:
+        raise GhostedgeError(f"--img-size {size} is too small: GhostNet downsamples 32x, use >= 32")
+    proto = to_onnx_proto(model, info, size)
+    rng = np.random.default_rng(0)
+    xr = rng.standard_normal((2, 3, size, size)).astype(np.float32)
+    res = ExportResult(Path(dst), OPSET, parity(model, proto, xr), nodes=len(proto.graph.node))
+    if real_inputs is not None and len(real_inputs):
+        res.parity_real = parity(model, proto, real_inputs.astype(np.float32))
+    if check and not res.passed:
+        raise CheckFailed(f"ONNX export differs from PyTorch by {max(res.parity_random, res.parity_real or 0):.2e} "
+                          f"(> {PARITY_ATOL}): nothing written; report this with --debug output")
+    with atomic_path(dst) as tmp:
+        onnx.save_model(proto, str(tmp))
+    return res
+
+
+def onnx_is_current(path: str | Path, info: ModelInfo, img_size: int | None = None) -> bool:
+    """True when path is a ghostedge export of these very weights."""
+    p = Path(path)
+    if not p.is_file():
+        return False
+    try:
+        stored = read_onnx_info(p)
+    except Exception:
+        return False
+    return stored is not None and stored.fingerprint == info.fingerprint and \
+        stored.preprocess.input_size == (img_size or info.preprocess.input_size)
+
+
+def fp16_onnx(model: onnx.ModelProto) -> onnx.ModelProto:
+    """An FP16-typed copy for strongly typed TensorRT builds: weights and activations FP16, I/O FP32.
+
+    Float initializers become FP16; a Cast follows the input and precedes the output. Q/DQ graphs
+    need FP16 scales, which QuantizeLinear accepts from opset 19 on (TensorRT 10+ reads it).
+    """
+    from onnx import helper, numpy_helper
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    g = m.graph
+    for i, init in enumerate(g.initializer):
+        if init.data_type == onnx.TensorProto.FLOAT:
+            arr = numpy_helper.to_array(init)
+            g.initializer[i].CopyFrom(numpy_helper.from_array(arr.astype(np.float16), init.name))
+    del g.value_info[:]
+    inp, outp = g.input[0].name, g.output[0].name
+    cast_in, cast_out = f"{inp}_fp16", f"{outp}_fp16"
+    for n in g.node:
+        for k, t in enumerate(n.input):
+            if t == inp:
+                n.input[k] = cast_in
+        for k, t in enumerate(n.output):
+            if t == outp:
+                n.output[k] = cast_out
+    g.node.insert(0, helper.make_node("Cast", [inp], [cast_in], name="input_to_fp16", to=onnx.TensorProto.FLOAT16))
+    g.node.append(helper.make_node("Cast", [cast_out], [outp], name="output_to_fp32", to=onnx.TensorProto.FLOAT))
+    if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in g.node):
+        for op in m.opset_import:
+            if op.domain in ("", "ai.onnx"):
+                op.version = max(op.version, 19)
+    onnx.checker.check_model(m)
+    onnx.shape_inference.infer_shapes(m, check_type=True, strict_mode=True)
+    return m

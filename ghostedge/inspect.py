@@ -1,0 +1,53 @@
+"""Per-layer view of an engine: TensorRT's engine inspector for .plan, the graph for ONNX Runtime engines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .errors import GhostedgeError
+
+
+def inspect_onnx(path: Path) -> list[dict]:
+    import onnx
+
+    from .backends.tensorrt import annotate_layers
+
+    try:
+        m = onnx.load(str(path), load_external_data=False)
+    except Exception:
+        raise GhostedgeError(f"{path} is not a readable ONNX model: rebuild it with ghostedge build") from None
+    int8_ops = {"QLinearConv", "QLinearAdd", "QLinearConcat", "QLinearMul", "QLinearGlobalAveragePool", "QGemm",
+                "QLinearMatMul", "QuantizeLinear", "DequantizeLinear", "QLinearSigmoid"}
+    quantized = any(n.op_type in int8_ops for n in m.graph.node)
+    rows = []
+    for n in m.graph.node:
+        prec = "int8" if n.op_type in int8_ops else "fp32"
+        rows.append({"name": n.name or n.output[0], "type": n.op_type, "precision": prec, "device": "CPU",
+                     "tactic": n.domain or "ai.onnx"})
+    rows = annotate_layers(rows)
+    for r in rows:  # in an FP32 engine float is the point, not a fallback
+        if not quantized:
+            r["flags"] = [f for f in r["flags"] if f != "fp32"]
+        elif r["type"] not in ("Conv", "Gemm", "MatMul"):
+            r["flags"] = [f for f in r["flags"] if f != "fp32"]
+    return rows
+
+
+def inspect_plan(path: Path) -> list[dict]:
+    from .backends.tensorrt import TensorRTRunner, inspect_engine
+    from .bench import open_runner
+
+    runner, _ = open_runner(path)
+    assert isinstance(runner, TensorRTRunner)
+    with runner:
+        return inspect_engine(runner.trt, runner.engine)
+
+
+def inspect_path(path: Path) -> list[dict]:
+    if not path.is_file():
+        raise GhostedgeError(f"engine {path} not found: build it with ghostedge build")
+    if path.suffix == ".onnx":
+        return inspect_onnx(path)
+    if path.suffix in (".plan", ".engine"):
+        return inspect_plan(path)
+    raise GhostedgeError(f"{path}: unknown engine kind {path.suffix!r}: pass a .plan or .onnx engine")

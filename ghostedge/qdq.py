@@ -1,0 +1,180 @@
+"""Explicit quantization: insert Q/DQ pairs into the FP32 ONNX following TensorRT's placement rules.
+
+- weights: symmetric int8, per output channel (axis 0), Q->DQ on the FP32 initializer
+- activations: symmetric int8 (zero point 0), per tensor, one Q/DQ pair per tensor shared by all
+  quantized consumers, placed at the inputs of Conv / Gemm (so the conv runs in INT8)
+- residual Add: both inputs quantized, so TensorRT fuses the add into the producing conv
+- Concat (the Ghost module's): all inputs and the output share one scale, so the concat runs in INT8
+  with no requantization; only when every consumer of the concat output is itself quantized
+- nothing else gets Q/DQ (no dangling pairs TensorRT would have to run as standalone scale layers)
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+QMAX = 127.0
+
+
+@dataclass
+class Placement:
+    """Which tensors get activation Q/DQ, with which shared-scale groups; which nodes get weight Q/DQ."""
+
+    weight_nodes: list[str] = field(default_factory=list)         # Conv/Gemm node names
+    act_consumers: dict[str, list[tuple[str, int]]] = field(default_factory=dict)  # tensor -> (node, input idx)
+    groups: list[list[str]] = field(default_factory=list)         # tensors that must share a scale
+
+
+def _consumers(model: onnx.ModelProto) -> dict[str, list[tuple[onnx.NodeProto, int]]]:
+    cons: dict[str, list] = defaultdict(list)
+    for n in model.graph.node:
+        for i, t in enumerate(n.input):
+            cons[t].append((n, i))
+    return cons
+
+
+def _is_residual_add(node: onnx.NodeProto, inits: set[str], consts: set[str]) -> bool:
+    return node.op_type == "Add" and all(t not in inits and t not in consts for t in node.input)
+
+
+def quantizable_nodes(model: onnx.ModelProto) -> list[str]:
+    """The nodes whose precision the placement decides: Conv, Gemm, residual Add."""
+    inits = {i.name for i in model.graph.initializer}
+    consts = {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    return [n.name for n in model.graph.node
+            if n.op_type in ("Conv", "Gemm") or _is_residual_add(n, inits, consts)]
+
+
+def plan_placement(model: onnx.ModelProto, exclude: set[str] = frozenset()) -> Placement:
+    """Decide Q/DQ positions. ``exclude``: node names that stay in floating point."""
+    inits = {i.name for i in model.graph.initializer}
+    consts = {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    cons = _consumers(model)
+    pl = Placement()
+    acts: dict[str, list[tuple[str, int]]] = defaultdict(list)
+    quantized = set()
+    for n in model.graph.node:
+        if n.name in exclude:
+            continue
+        if n.op_type in ("Conv", "Gemm") and n.input[1] in inits:
+            pl.weight_nodes.append(n.name)
+            acts[n.input[0]].append((n.name, 0))
+            quantized.add(n.name)
+        elif _is_residual_add(n, inits, consts):
+            for i, t in enumerate(n.input):
+                acts[t].append((n.name, i))
+            quantized.add(n.name)
+    # Concat: quantize inputs with the output's scale when every consumer of the output is quantized
+    for n in model.graph.node:
+        if n.op_type != "Concat" or n.name in exclude:
+            continue
+        out = n.output[0]
+        users = cons.get(out, [])
+        if users and all(u.name in quantized for u, _ in users):
+            for i, t in enumerate(n.input):
+                acts[t].append((n.name, i))
+            pl.groups.append([out, *n.input])
+    pl.act_consumers = dict(acts)
+    return pl
+
+
+def group_amax(amax: dict[str, float], groups: list[list[str]]) -> dict[str, float]:
+    """Tensors of one group share the largest amax among them (union-find over overlapping groups)."""
+    parent: dict[str, str] = {}
+
+    def find(a: str) -> str:
+        parent.setdefault(a, a)
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    for g in groups:
+        for t in g[1:]:
+            parent[find(t)] = find(g[0])
+    best: dict[str, float] = {}
+    for t in parent:
+        r = find(t)
+        best[r] = max(best.get(r, 0.0), amax.get(t, 0.0))
+    out = dict(amax)
+    for t in parent:
+        out[t] = best[find(t)]
+    return out
+
+
+def _const(name: str, arr: np.ndarray) -> onnx.TensorProto:
+    return numpy_helper.from_array(arr, name)
+
+
+def insert_qdq(model: onnx.ModelProto, placement: Placement, amax: dict[str, float]) -> onnx.ModelProto:
+    """A copy of model with symmetric int8 Q/DQ inserted per placement; amax per activation tensor."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    g = m.graph
+    inits = {i.name: i for i in g.initializer}
+    amax = group_amax(amax, placement.groups)
+    new_nodes: list[onnx.NodeProto] = []
+    new_inits: list[onnx.TensorProto] = []
+    by_name = {n.name: n for n in g.node}
+
+    # activations: one Q/DQ pair per tensor, right after its producer
+    dq_of: dict[str, str] = {}
+    for t in placement.act_consumers:
+        a = float(amax.get(t, 0.0))
+        scale = np.float32(max(a, 1e-8) / QMAX)
+        s_name, z_name = f"{t}_scale", f"{t}_zero_point"
+        new_inits += [_const(s_name, np.array(scale, np.float32)), _const(z_name, np.array(0, np.int8))]
+        q_out, dq_out = f"{t}_quantized", f"{t}_dequantized"
+        new_nodes.append(helper.make_node("QuantizeLinear", [t, s_name, z_name], [q_out], name=f"{t}_QuantizeLinear"))
+        new_nodes.append(helper.make_node("DequantizeLinear", [q_out, s_name, z_name], [dq_out],
+                                          name=f"{t}_DequantizeLinear"))
+        dq_of[t] = dq_out
+    for t, users in placement.act_consumers.items():
+        for node_name, idx in users:
+            by_name[node_name].input[idx] = dq_of[t]
+
+    # weights: per output channel (axis 0), Q -> DQ on the float initializer
+    for node_name in placement.weight_nodes:
+        n = by_name[node_name]
+        w_name = n.input[1]
+        w = numpy_helper.to_array(inits[w_name]).astype(np.float32)
+        ch_amax = np.abs(w.reshape(w.shape[0], -1)).max(axis=1)
+        scale = (np.maximum(ch_amax, 1e-8) / QMAX).astype(np.float32)
+        s_name, z_name = f"{w_name}_scale", f"{w_name}_zero_point"
+        new_inits += [_const(s_name, scale), _const(z_name, np.zeros(w.shape[0], np.int8))]
+        q_out, dq_out = f"{w_name}_quantized", f"{w_name}_dequantized"
+        new_nodes.append(helper.make_node("QuantizeLinear", [w_name, s_name, z_name], [q_out], axis=0,
+                                          name=f"{w_name}_QuantizeLinear"))
+        new_nodes.append(helper.make_node("DequantizeLinear", [q_out, s_name, z_name], [dq_out], axis=0,
+                                          name=f"{w_name}_DequantizeLinear"))
+        n.input[1] = dq_out
+
+    g.initializer.extend(new_inits)
+    g.node.extend(new_nodes)
+    _toposort(g)
+    onnx.checker.check_model(m)
+    return m
+
+
+def _toposort(g: onnx.GraphProto) -> None:
+    produced = {i.name for i in g.input} | {i.name for i in g.initializer} | {""}
+    pending = list(g.node)
+    ordered: list[onnx.NodeProto] = []
+    while pending:
+        rest = []
+        for n in pending:
+            if all(t in produced for t in n.input):
+                ordered.append(n)
+                produced.update(n.output)
+            else:
+                rest.append(n)
+        if len(rest) == len(pending):
+            raise RuntimeError(f"graph has a cycle or a missing input near {rest[0].name}")
+        pending = rest
+    del g.node[:]
+    g.node.extend(ordered)

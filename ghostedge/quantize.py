@@ -1,0 +1,320 @@
+"""INT8 post-training quantization: calibration images -> Q/DQ ONNX + calibration record + TensorRT cache.
+
+Everything is checked before anything is written; every output is written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import struct
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import onnx
+import torch
+
+from . import __version__
+from .calibrate import Method, TensorStats, collect_stats, compute_amax
+from .data import LabelledSet, batches, fingerprint_files, labelled_set, load_images, normalize, sample_images
+from .drift import DriftResult, compare
+from .errors import GhostedgeError, write_text_atomic
+from .export import INPUT_NAME, export_onnx, onnx_is_current, ort_session
+from .model import GhostNet, ModelInfo, load_model
+from .qdq import QMAX, insert_qdq, plan_placement, quantizable_nodes
+
+FP32_NAME = "ghostnet.onnx"
+INT8_NAME = "ghostnet.int8.onnx"
+RECORD_NAME = "ghostnet.calib.json"
+CACHE_NAME = "ghostnet.calib.cache"
+REPORT_NAME = "ghostnet.quant.json"
+RECORD_FORMAT = "ghostedge-calib/1"
+#: the TensorRT version stamped into the legacy cache header unless told otherwise (8.6.1 -> 8601)
+DEFAULT_CACHE_TRT = "8.6.1"
+#: nodes left in floating point by default: the squeeze-excite 1x1 convs run on a 1x1 map, so INT8
+#: buys nothing there and costs accuracy (DESIGN.md: SE nets lose accuracy under naive PTQ)
+DEFAULT_EXCLUDE_PATTERNS = ("/se/",)
+
+
+@dataclass
+class QuantizeConfig:
+    calib: Path
+    out: Path = Path("engines")
+    weights: Path | None = None
+    num_classes: int | None = None
+    method: Method = Method.percentile
+    percentile: float = 99.99
+    num_images: int = 512
+    batch: int = 32
+    eval_dir: Path | None = None
+    max_drop: float | None = None
+    seed: int = 0
+    threads: int = 0
+    exclude: tuple[str, ...] = DEFAULT_EXCLUDE_PATTERNS   # node-name substrings kept in float
+    holdout: int = 256         # held-out calibration-folder images for label-free drift
+    trt_version: str = DEFAULT_CACHE_TRT
+
+
+@dataclass
+class QuantizeResult:
+    out: Path
+    files: dict[str, str]
+    method: str
+    num_images: int
+    seconds: float
+    drift: DriftResult
+    drift_set: str
+    measured_with: str
+    excluded: list[str]
+    sensitivity: list[dict] = field(default_factory=list)
+    mixed_precision_steps: list[dict] = field(default_factory=list)
+    skipped_images: int = 0
+
+    def to_dict(self) -> dict:
+        d = {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
+        d["drift"] = self.drift.to_dict()
+        return d
+
+
+def trt_version_int(version: str) -> int:
+    """'8.6.1' -> 8601, '10.3.0' -> 100300 (the stamp TensorRT writes into calibration caches)."""
+    parts = [int(p) for p in (version.split(".") + ["0", "0"])[:3]]
+    major, minor, patch = parts
+    return major * 1000 + minor * 100 + patch if major < 10 else major * 10000 + minor * 100 + patch
+
+
+def calib_cache_text(amax: dict[str, float], trt_version: str = DEFAULT_CACHE_TRT) -> str:
+    """TensorRT's legacy calibration cache: header, then 'tensor: <hex of the float32 scale>'."""
+    lines = [f"TRT-{trt_version_int(trt_version)}-EntropyCalibration2"]
+    for name, a in amax.items():
+        scale = max(float(a), 1e-8) / QMAX
+        lines.append(f"{name}: {struct.pack('>f', scale).hex()}")
+    return "\n".join(lines) + "\n"
+
+
+def parse_calib_cache(text: str) -> tuple[str, dict[str, float]]:
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    if not lines or not lines[0].startswith("TRT-"):
+        raise GhostedgeError("not a TensorRT calibration cache (no 'TRT-<version>-<algo>' header): rerun "
+                             "ghostedge quantize")
+    scales = {}
+    for ln in lines[1:]:
+        name, _, hexv = ln.rpartition(": ")
+        scales[name] = struct.unpack(">f", bytes.fromhex(hexv.strip()))[0]
+    return lines[0], scales
+
+
+def tool_versions() -> dict[str, str]:
+    import onnxruntime
+
+    return {"ghostedge": __version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
+            "torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version()}
+
+
+# ---------------------------------------------------------------------------------------------
+# running models
+
+def torch_logits(model: GhostNet, x: np.ndarray, batch: int = 64) -> np.ndarray:
+    outs = []
+    with torch.inference_mode():
+        for xb in batches(x, batch):
+            outs.append(model(torch.from_numpy(xb)).numpy())
+    return np.concatenate(outs) if outs else np.zeros((0, model.num_classes), np.float32)
+
+
+def ort_logits(proto_or_path, x: np.ndarray, batch: int = 64, threads: int = 0) -> np.ndarray:
+    sess = ort_session(proto_or_path, threads=threads)
+    name = sess.get_inputs()[0].name
+    return np.concatenate([sess.run(None, {name: xb})[0] for xb in batches(x, batch)])
+
+
+# ---------------------------------------------------------------------------------------------
+
+def _excluded_nodes(fp32: onnx.ModelProto, patterns: tuple[str, ...]) -> list[str]:
+    return [n for n in quantizable_nodes(fp32) if any(p in n for p in patterns)]
+
+
+def _eval_arrays(ds: LabelledSet, info: ModelInfo) -> tuple[np.ndarray, np.ndarray]:
+    u8, kept, _ = load_images(ds.paths, info.preprocess, what=f"eval images in {ds.root}")
+    return normalize(u8, info.preprocess), np.asarray([ds.labels[i] for i in kept])
+
+
+def _drop_of(d: DriftResult) -> float:
+    """The figure --max-drop bounds: top-1 drop with labels, else top-1 disagreement with FP32."""
+    return d.top1_drop_pts if d.labelled else 100.0 - d.agreement
+
+
+def amax_table(stats: dict[str, TensorStats], method: Method, percentile: float) -> dict[str, float]:
+    return {n: compute_amax(s, method, percentile) for n, s in stats.items()}
+
+
+def sensitivity(fp32: onnx.ModelProto, amax: dict[str, float], excluded: set[str], x: np.ndarray,
+                ref: np.ndarray, threads: int, on_step: Callable[[], None] | None = None) -> list[dict]:
+    """Per quantized node: how much closer to FP32 the model gets when that node stays in float."""
+    base = compare(ref, ort_logits(insert_qdq(fp32, plan_placement(fp32, excluded), amax), x, threads=threads))
+    rows = []
+    for node in quantizable_nodes(fp32):
+        if node in excluded:
+            continue
+        q = insert_qdq(fp32, plan_placement(fp32, excluded | {node}), amax)
+        d = compare(ref, ort_logits(q, x, threads=threads))
+        rows.append({"node": node, "kl_gain": base.kl - d.kl, "agreement_gain": d.agreement - base.agreement})
+        if on_step:
+            on_step()
+    return sorted(rows, key=lambda r: -r["kl_gain"])
+
+
+def quantize(cfg: QuantizeConfig, progress: Callable[[str, int, int], None] | None = None,
+             say: Callable[[str], None] | None = None) -> QuantizeResult:
+    say = say or (lambda s: None)
+    tick = progress or (lambda what, done, total: None)
+    t0 = time.time()
+    if cfg.batch < 1 or cfg.num_images < 1:
+        raise GhostedgeError("--batch and --num-images must be at least 1")
+    if cfg.method == Method.percentile and not (50.0 < cfg.percentile <= 100.0):
+        raise GhostedgeError(f"--percentile {cfg.percentile} is out of range: use a value in (50, 100], "
+                             "e.g. 99.99")
+    if cfg.max_drop is not None and cfg.max_drop < 0:
+        raise GhostedgeError("--max-drop must be >= 0 (points of top-1)")
+    if cfg.out.exists() and not cfg.out.is_dir():
+        raise GhostedgeError(f"--out {cfg.out} exists and is not a folder: pass a folder")
+
+    model, info = load_model(cfg.weights, cfg.num_classes)
+    pre = info.preprocess
+
+    # calibration images (+ held-out images for label-free drift)
+    picked = sample_images(cfg.calib, cfg.num_images + cfg.holdout, cfg.seed)
+    calib_paths = picked[:cfg.num_images]
+    hold_paths = picked[cfg.num_images:]
+    if len(calib_paths) < cfg.batch:
+        raise GhostedgeError(f"{cfg.calib} has {len(calib_paths)} image(s), fewer than --batch {cfg.batch}: "
+                             "add calibration images (256-1024 from the training distribution) or lower --batch")
+    u8, kept, rep = load_images(calib_paths, pre, what=f"calibration images in {cfg.calib}", needed=cfg.batch)
+    calib_paths = [calib_paths[i] for i in kept]
+    if len(u8) < cfg.num_images:
+        say(f"using {len(u8)} calibration images ({cfg.num_images} asked for; that is all {cfg.calib} has)")
+    x_cal = normalize(u8, pre)
+
+    eval_ds = labelled_set(cfg.eval_dir, info.classes, info.wnids) if cfg.eval_dir else None
+
+    # FP32 ONNX (exported when missing or made from other weights)
+    fp32_path = cfg.out / FP32_NAME
+    if onnx_is_current(fp32_path, info):
+        say(f"reusing {fp32_path}")
+    else:
+        say(f"exporting {fp32_path}")
+        export_onnx(model, info, fp32_path, real_inputs=x_cal[:4])
+    fp32 = onnx.load(str(fp32_path))
+
+    nb = (len(x_cal) + cfg.batch - 1) // cfg.batch
+    done = [0]
+
+    def on_batch(_n: int) -> None:
+        done[0] += 1
+        tick("calibrating", done[0], 2 * nb)
+
+    stats = collect_stats(fp32, lambda: batches(x_cal, cfg.batch), INPUT_NAME, cfg.threads,
+                          histograms=cfg.method != Method.minmax, on_batch=on_batch)
+    amax = amax_table(stats, cfg.method, cfg.percentile)
+    excluded = _excluded_nodes(fp32, cfg.exclude)
+
+    # the images drift is measured on
+    if eval_ds is not None:
+        x_ev, y_ev = _eval_arrays(eval_ds, info)
+        drift_set = f"{cfg.eval_dir} ({len(x_ev)} labelled images)"
+    else:
+        y_ev = None
+        if hold_paths:
+            hu8, hk, _ = load_images(hold_paths, pre, what=f"held-out images in {cfg.calib}")
+            x_ev = normalize(hu8, pre)
+            drift_set = f"{len(x_ev)} held-out images of {cfg.calib} (not used for calibration)"
+        else:
+            x_ev = x_cal
+            drift_set = f"the {len(x_cal)} calibration images themselves (no held-out images left in {cfg.calib})"
+    ref = torch_logits(model, x_ev)
+
+    q = insert_qdq(fp32, plan_placement(fp32, set(excluded)), amax)
+    drift = compare(ref, ort_logits(q, x_ev, threads=cfg.threads), y_ev, info.classes)
+
+    sens_rows: list[dict] = []
+    steps: list[dict] = []
+    if cfg.max_drop is not None and _drop_of(drift) > cfg.max_drop:
+        n_sens = min(len(x_ev), 256)
+        nodes = [n for n in quantizable_nodes(fp32) if n not in excluded]
+        done_s = [0]
+
+        def on_step() -> None:
+            done_s[0] += 1
+            tick("sensitivity", done_s[0], len(nodes))
+
+        sens_rows = sensitivity(fp32, amax, set(excluded), x_ev[:n_sens], ref[:n_sens], cfg.threads, on_step)
+        steps.append({"kept_float": 0, "drop": round(_drop_of(drift), 3), "agreement": round(drift.agreement, 2)})
+        extra: list[str] = []
+        for row in sens_rows:
+            if _drop_of(drift) <= cfg.max_drop:
+                break
+            extra.append(row["node"])
+            q = insert_qdq(fp32, plan_placement(fp32, set(excluded) | set(extra)), amax)
+            drift = compare(ref, ort_logits(q, x_ev, threads=cfg.threads), y_ev, info.classes)
+            steps.append({"kept_float": len(extra), "node": row["node"], "drop": round(_drop_of(drift), 3),
+                          "agreement": round(drift.agreement, 2)})
+        excluded += extra
+
+    record = {
+        "format": RECORD_FORMAT,
+        "method": cfg.method.value,
+        "percentile": cfg.percentile if cfg.method == Method.percentile else None,
+        "num_images": len(x_cal),
+        "batch": cfg.batch,
+        "seed": cfg.seed,
+        "img_size": pre.input_size,
+        "input": INPUT_NAME,
+        "data": {"folder": str(cfg.calib), "fingerprint": fingerprint_files(calib_paths, cfg.calib),
+                 "files": len(calib_paths), "skipped_unreadable": len(rep.bad)},
+        "model": {"fingerprint": info.fingerprint, "weights": info.source, "width": info.width,
+                  "num_classes": info.num_classes, "onnx": FP32_NAME},
+        "tools": tool_versions(),
+        "excluded_nodes": excluded,
+        "quantization": {"weights": "int8 symmetric per-channel axis 0",
+                         "activations": "int8 symmetric per-tensor (TensorRT); min/max kept for asymmetric backends"},
+        "tensors": {n: {"min": s.min, "max": s.max, "amax": amax[n], "scale": max(amax[n], 1e-8) / QMAX}
+                    for n, s in stats.items()},
+    }
+    result = QuantizeResult(out=cfg.out, files={}, method=cfg.method.value, num_images=len(x_cal),
+                            seconds=0.0, drift=drift, drift_set=drift_set,
+                            measured_with="ONNX Runtime CPU (an estimate of TensorRT INT8)", excluded=excluded,
+                            sensitivity=sens_rows[:20], mixed_precision_steps=steps, skipped_images=len(rep.bad))
+
+    # write: everything is computed, nothing can fail half-way through a file
+    files = {
+        "fp32_onnx": fp32_path,
+        "int8_onnx": cfg.out / INT8_NAME,
+        "record": cfg.out / RECORD_NAME,
+        "cache": cfg.out / CACHE_NAME,
+        "report": cfg.out / REPORT_NAME,
+    }
+    from .errors import write_bytes_atomic
+
+    write_bytes_atomic(files["int8_onnx"], q.SerializeToString())
+    write_text_atomic(files["record"], json.dumps(record, indent=1))
+    write_text_atomic(files["cache"], calib_cache_text(amax, cfg.trt_version))
+    result.seconds = round(time.time() - t0, 1)
+    result.files = {k: str(v) for k, v in files.items()}
+    write_text_atomic(files["report"], json.dumps(result.to_dict(), indent=1))
+    return result
+
+
+def load_record(path: str | Path) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise GhostedgeError(f"calibration record {p} not found: run ghostedge quantize --calib DIR first")
+    try:
+        rec = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise GhostedgeError(f"{p} is not a valid calibration record ({e}): rerun ghostedge quantize") from None
+    if rec.get("format") != RECORD_FORMAT or "tensors" not in rec:
+        raise GhostedgeError(f"{p} is not a ghostedge calibration record: rerun ghostedge quantize")
+    return rec

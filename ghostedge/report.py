@@ -1,0 +1,151 @@
+"""Rendering: rich tables for the terminal, Markdown reports, PNG plots. JSON is the source of truth."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from .errors import GhostedgeError, atomic_path, write_text_atomic
+
+
+def _f(v: float | None, nd: int = 2) -> str:
+    return "-" if v is None else f"{v:.{nd}f}"
+
+
+def bench_tables(result: dict) -> list[Table]:
+    rows = ([result["baseline"]] if result.get("baseline") and result["baseline"].get("throughput") else []) \
+        + result["engines"]
+    t = Table(title=f"Speed ({result['img_size']} px; {result['environment'].get('threads')} threads on "
+                    f"{result['environment'].get('cpu')})")
+    for c in ("engine", "backend", "precision", "batch", "images/s", "p50 ms", "p90 ms", "p99 ms", "speed-up"):
+        t.add_column(c, justify="right" if c not in ("engine", "backend", "precision") else "left")
+    for r in rows:
+        for b, thr in r["throughput"].items():
+            lat = r["latency_ms"][b]
+            sp = r.get("speedup_vs_baseline", {}).get(b)
+            t.add_row(Path(r["path"]).name, r["backend"], r["precision"], b, _f(thr, 1), _f(lat["p50"]),
+                      _f(lat["p90"]), _f(lat["p99"]), "1.00x (baseline)" if r is result.get("baseline")
+                      else (f"{sp:.2f}x" if sp else "-"))
+    tables = [t]
+    if result.get("eval"):
+        a = Table(title=f"Accuracy vs FP32 PyTorch on {result['eval']}")
+        for c in ("engine", "top-1 %", "top-5 %", "drop pts", "agreement %", "cosine", "KL",
+                  "FP32 right / engine wrong", "FP32 wrong / engine right"):
+            a.add_column(c)
+        b = result.get("baseline") or {}
+        if b.get("top1") is not None:
+            a.add_row("pytorch fp32", _f(b["top1"]), _f(b["top5"]), "-", "-", "-", "-", "-", "-")
+        for r in result["engines"]:
+            a.add_row(Path(r["path"]).name, _f(r.get("top1")), _f(r.get("top5")), _f(r.get("top1_drop_pts")),
+                      _f(r.get("agreement")), _f(r.get("cosine"), 5), _f(r.get("kl"), 5),
+                      str(r.get("fp32_right_engine_wrong", "-")), str(r.get("fp32_wrong_engine_right", "-")))
+        tables.append(a)
+    return tables
+
+
+def print_bench(result: dict, console: Console) -> None:
+    for t in bench_tables(result):
+        console.print(t)
+    g = result.get("gate")
+    if g:
+        console.print(f"gate --max-drop {g['max_drop']}: " + ("[red]FAILED[/] " + "; ".join(g["failed"])
+                                                             if g["failed"] else "[green]passed[/]"))
+
+
+def bench_markdown(result: dict) -> str:
+    env = result["environment"]
+    lines = ["# ghostedge bench report", "",
+             f"- input: {result['img_size']} px, batches {', '.join(map(str, result['batches']))}",
+             f"- machine: {env.get('cpu')} ({env.get('threads')} threads)"
+             + (f", GPU {env['gpu']}" if env.get("gpu") else "")
+             + (f", nvpmodel {env['nvpmodel']}" if env.get("nvpmodel") else ""),
+             f"- runtimes: onnxruntime {env.get('onnxruntime')}, torch {env.get('torch')}", "",
+             "## Speed", "", "| engine | backend | precision | batch | images/s | p50 ms | p90 ms | p99 ms | speed-up vs FP32 PyTorch |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    rows = ([result["baseline"]] if result.get("baseline") and result["baseline"].get("throughput") else []) \
+        + result["engines"]
+    for r in rows:
+        for b, thr in r["throughput"].items():
+            lat = r["latency_ms"][b]
+            sp = r.get("speedup_vs_baseline", {}).get(b)
+            lines.append(f"| {Path(r['path']).name} | {r['backend']} | {r['precision']} | {b} | {thr:.1f} | "
+                         f"{lat['p50']:.2f} | {lat['p90']:.2f} | {lat['p99']:.2f} | "
+                         f"{'baseline' if r is result.get('baseline') else (f'{sp:.2f}x' if sp else '-')} |")
+    if result.get("eval"):
+        lines += ["", f"## Accuracy vs FP32 PyTorch ({result['eval']})", "",
+                  "| engine | top-1 % | top-5 % | drop pts | agreement % | cosine | KL | FP32 right, engine wrong | FP32 wrong, engine right |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        b = result.get("baseline") or {}
+        if b.get("top1") is not None:
+            lines.append(f"| pytorch fp32 | {b['top1']:.2f} | {b['top5']:.2f} | - | - | - | - | - | - |")
+        for r in result["engines"]:
+            lines.append(f"| {Path(r['path']).name} | {_f(r.get('top1'))} | {_f(r.get('top5'))} | "
+                         f"{_f(r.get('top1_drop_pts'))} | {_f(r.get('agreement'))} | {_f(r.get('cosine'), 5)} | "
+                         f"{_f(r.get('kl'), 5)} | {r.get('fp32_right_engine_wrong', '-')} | "
+                         f"{r.get('fp32_wrong_engine_right', '-')} |")
+        lost = [(Path(r["path"]).name, c) for r in result["engines"] for c in r.get("classes_lost_most") or []]
+        if lost:
+            lines += ["", "Classes that lost most: " + "; ".join(f"{e}: {c['class']} -{c['drop_pts']} pts"
+                                                                  for e, c in lost[:6])]
+    g = result.get("gate")
+    if g:
+        lines += ["", f"Gate --max-drop {g['max_drop']}: " + ("FAILED: " + "; ".join(g["failed"])
+                                                             if g["failed"] else "passed")]
+    return "\n".join(lines) + "\n"
+
+
+def check_plot_available() -> None:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise GhostedgeError("--plot needs matplotlib: pip install 'ghostedge[plot]'") from None
+
+
+def bench_plot(result: dict, dst: Path) -> Path:
+    check_plot_available()
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = ([result["baseline"]] if result.get("baseline") and result["baseline"].get("throughput") else []) \
+        + result["engines"]
+    has_acc = any(r.get("top1") is not None or r.get("agreement") is not None for r in result["engines"])
+    fig, axes = plt.subplots(1, 2 if has_acc else 1, figsize=(11 if has_acc else 6, 4.2), squeeze=False)
+    ax = axes[0][0]
+    for r in rows:
+        bs = [int(b) for b in r["throughput"]]
+        ax.plot(bs, list(r["throughput"].values()), marker="o",
+                label=f"{Path(r['path']).name} ({r['precision']})")
+    ax.set_xlabel("batch")
+    ax.set_ylabel("images/s")
+    ax.set_xscale("log", base=2)
+    ax.set_title(f"Throughput ({result['img_size']} px)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    if has_acc:
+        ax2 = axes[0][1]
+        bmax = str(max(result["batches"]))
+        key = "top1" if any(r.get("top1") is not None for r in result["engines"]) else "agreement"
+        for r in result["engines"]:
+            ax2.scatter(r["throughput"][bmax], r.get(key), s=60)
+            ax2.annotate(Path(r["path"]).name, (r["throughput"][bmax], r.get(key)), fontsize=8)
+        b = result.get("baseline") or {}
+        if key == "top1" and b.get("top1") is not None and b.get("throughput"):
+            ax2.scatter(b["throughput"][bmax], b["top1"], marker="*", s=120)
+            ax2.annotate("pytorch fp32", (b["throughput"][bmax], b["top1"]), fontsize=8)
+        ax2.set_xlabel(f"images/s at batch {bmax}")
+        ax2.set_ylabel("top-1 %" if key == "top1" else "top-1 agreement with FP32 %")
+        ax2.set_title("Accuracy / speed trade-off")
+        ax2.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(dst) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return dst
+
+
+def write_markdown(result: dict, dst: Path) -> Path:
+    return write_text_atomic(dst, bench_markdown(result))

@@ -1,0 +1,113 @@
+"""Build targets: Jetson boards and discrete GPUs, as data; detection of the machine we are on."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import GhostedgeError
+
+GiB = 1 << 30
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    description: str
+    dla_cores: int
+    workspace: int | None        # bytes; a cap that fits the board's shared memory (None: TensorRT decides)
+    precisions: tuple[str, ...]
+    compute_capability: str | None = None
+    jetson: bool = True
+
+
+TARGETS: dict[str, Target] = {t.name: t for t in (
+    Target("orin-nano", "Jetson Orin Nano (4/8 GB)", 0, 1 * GiB, ("fp32", "fp16", "int8"), "8.7"),
+    Target("orin-nx", "Jetson Orin NX (8/16 GB; the 8 GB module has 1 DLA)", 2, 2 * GiB,
+           ("fp32", "fp16", "int8"), "8.7"),
+    Target("agx-orin", "Jetson AGX Orin (32/64 GB)", 2, 4 * GiB, ("fp32", "fp16", "int8"), "8.7"),
+    Target("xavier-nx", "Jetson Xavier NX (8/16 GB)", 2, 1 * GiB, ("fp32", "fp16", "int8"), "7.2"),
+    Target("agx-xavier", "Jetson AGX Xavier (32/64 GB)", 2, 2 * GiB, ("fp32", "fp16", "int8"), "7.2"),
+    Target("thor", "Jetson AGX Thor (no DLA)", 0, 8 * GiB, ("fp32", "fp16", "int8"), "11.0"),
+    Target("dgpu", "discrete / data-centre NVIDIA GPU", 0, None, ("fp32", "fp16", "int8"), None, jetson=False),
+)}
+
+# /proc/device-tree/model substrings -> preset (most specific first)
+_MODEL_PATTERNS = (
+    ("thor", "thor"), ("orin nano", "orin-nano"), ("orin nx", "orin-nx"), ("agx orin", "agx-orin"),
+    ("orin", "agx-orin"), ("xavier nx", "xavier-nx"), ("agx xavier", "agx-xavier"),
+    ("jetson-agx", "agx-xavier"), ("xavier", "agx-xavier"),
+)
+
+# L4T release (major, minor) -> (JetPack, TensorRT it ships)
+L4T_TO_JETPACK = {
+    (35, 1): ("5.0.2", "8.4.1"), (35, 2): ("5.1", "8.5.2"), (35, 3): ("5.1.1", "8.5.2"),
+    (35, 4): ("5.1.2", "8.5.2"), (35, 5): ("5.1.3", "8.5.2"), (35, 6): ("5.1.4", "8.5.2"),
+    (36, 2): ("6.0 DP", "8.6.2"), (36, 3): ("6.0", "8.6.2"), (36, 4): ("6.1/6.2", "10.3.0"),
+    (38, 2): ("7.0", "10.13"), (38, 3): ("7.1", "10.13"), (38, 4): ("7.2", "10.16"),
+}
+
+
+@dataclass
+class Platform:
+    target: Target
+    board: str | None = None          # device-tree model string
+    l4t: str | None = None
+    jetpack: str | None = None
+    expected_trt: str | None = None
+
+
+def parse_l4t(text: str) -> tuple[int, int, int] | None:
+    """'# R36 (release), REVISION: 4.3, ...' -> (36, 4, 3)."""
+    m = re.search(r"R(\d+)\s*\(release\),\s*REVISION:\s*(\d+)(?:\.(\d+))?", text)
+    if not m:
+        return None
+    return int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)
+
+
+def preset_for_board(model: str) -> Target | None:
+    low = model.lower()
+    for pat, name in _MODEL_PATTERNS:
+        if pat in low:
+            return TARGETS[name]
+    return None
+
+
+def detect(root: Path = Path("/")) -> Platform | None:
+    """The Jetson we run on (None elsewhere), from /proc/device-tree/model and /etc/nv_tegra_release."""
+    model_file = root / "proc/device-tree/model"
+    release = root / "etc/nv_tegra_release"
+    if not model_file.is_file() and not release.is_file():
+        return None
+    board = model_file.read_bytes().decode(errors="replace").strip("\x00\n ") if model_file.is_file() else ""
+    target = preset_for_board(board) or TARGETS["agx-orin"]
+    plat = Platform(target=target, board=board or None)
+    if release.is_file():
+        v = parse_l4t(release.read_text(errors="replace"))
+        if v:
+            plat.l4t = ".".join(map(str, v))
+            jp = L4T_TO_JETPACK.get(v[:2])
+            if jp:
+                plat.jetpack, plat.expected_trt = jp
+    return plat
+
+
+def resolve(name: str, root: Path = Path("/")) -> Platform:
+    """'auto' -> the detected Jetson, else a discrete GPU; or a preset by name."""
+    if name == "auto":
+        return detect(root) or Platform(target=TARGETS["dgpu"])
+    if name not in TARGETS:
+        raise GhostedgeError(f"unknown --target {name!r}: use auto or one of {', '.join(TARGETS)}")
+    return Platform(target=TARGETS[name])
+
+
+def check_dla(plat: Platform, dla_core: int | None) -> None:
+    if dla_core is None:
+        return
+    t = plat.target
+    if t.dla_cores == 0:
+        raise GhostedgeError(f"--dla-core {dla_core}: {t.description} has no DLA: leave out --dla-core to "
+                             "build for the GPU")
+    if not 0 <= dla_core < t.dla_cores:
+        raise GhostedgeError(f"--dla-core {dla_core}: {t.description} has DLA cores 0..{t.dla_cores - 1}")

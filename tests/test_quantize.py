@@ -1,0 +1,206 @@
+"""Quantization: TensorRT's Q/DQ rules checked on the graph, calibrators, the record and the cache."""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from ghostedge.calibrate import Method, amax_entropy, amax_mse, amax_percentile
+from ghostedge.errors import GhostedgeError
+from ghostedge.quantize import (CACHE_NAME, INT8_NAME, RECORD_NAME, QuantizeConfig, calib_cache_text,
+                                parse_calib_cache, quantize, trt_version_int)
+
+from .conftest import make_image_folder
+
+
+def _graph(engines: Path):
+    m = onnx.load(str(engines / INT8_NAME))
+    inits = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
+    prod = {o: n for n in m.graph.node for o in n.output}
+    cons = defaultdict(list)
+    for n in m.graph.node:
+        for t in n.input:
+            cons[t].append(n)
+    return m, inits, prod, cons
+
+
+def _dq_scale(dq: onnx.NodeProto, inits: dict) -> float:
+    return float(inits[dq.input[1]])
+
+
+def test_qdq_graph_follows_tensorrt_rules(engines_dir: Path):
+    m, inits, prod, cons = _graph(engines_dir)
+    nodes = m.graph.node
+    qs = [n for n in nodes if n.op_type == "QuantizeLinear"]
+    dqs = [n for n in nodes if n.op_type == "DequantizeLinear"]
+    assert qs and len(qs) == len(dqs)
+    # every Q feeds exactly one DQ with the same scale / zero point (no dangling Q or DQ)
+    for q in qs:
+        users = cons[q.output[0]]
+        assert len(users) == 1 and users[0].op_type == "DequantizeLinear"
+        assert users[0].input[1] == q.input[1] and users[0].input[2] == q.input[2]
+    # symmetric int8: all zero points are int8 zeros
+    for q in qs:
+        zp = inits[q.input[2]]
+        assert zp.dtype == np.int8 and not zp.any()
+    # weights: per-channel on axis 0 for every quantized Conv / Gemm; activations per tensor
+    convs = [n for n in nodes if n.op_type in ("Conv", "Gemm")]
+    quantized_convs = [n for n in convs if prod.get(n.input[1]) is not None
+                       and prod[n.input[1]].op_type == "DequantizeLinear"]
+    assert len(quantized_convs) >= len(convs) - 20  # SE convs stay in float by default
+    for n in quantized_convs:
+        dq = prod[n.input[1]]
+        axis = [a.i for a in dq.attribute if a.name == "axis"]
+        w = inits[prod[dq.input[0]].input[0]]
+        assert axis == [0] and inits[dq.input[1]].shape == (w.shape[0],)
+        act = prod.get(n.input[0])
+        assert act is not None and act.op_type == "DequantizeLinear", n.name
+        assert inits[act.input[1]].shape == ()
+    # residual Add: both inputs quantized
+    adds = [n for n in nodes if n.op_type == "Add" and all(t not in inits for t in n.input)]
+    assert adds
+    for n in adds:
+        for t in n.input:
+            assert prod[t].op_type == "DequantizeLinear", n.name
+    # Concat: quantized inputs share one scale (so TensorRT needs no requantization)
+    concats = [n for n in nodes if n.op_type == "Concat"]
+    quantized_concats = 0
+    for n in concats:
+        ins = [prod.get(t) for t in n.input]
+        if all(p is not None and p.op_type == "DequantizeLinear" for p in ins):
+            quantized_concats += 1
+            scales = {_dq_scale(p, inits) for p in ins}
+            assert len(scales) == 1, n.name
+            users = cons[n.output[0]]
+            for u in users:  # and the concat output, where quantized, uses the same scale
+                if u.op_type == "QuantizeLinear":
+                    assert float(inits[u.input[1]]) in scales
+    assert quantized_concats >= len(concats) // 2
+    # no Q/DQ anywhere else: every DQ output feeds a Conv, Gemm, Add or Concat
+    for dq in dqs:
+        for u in cons[dq.output[0]]:
+            assert u.op_type in ("Conv", "Gemm", "Add", "Concat"), (dq.name, u.op_type)
+
+
+def test_record_and_cache_are_consistent(engines_dir: Path):
+    rec = json.loads((engines_dir / RECORD_NAME).read_text())
+    fp32 = onnx.load(str(engines_dir / "ghostnet.onnx"))
+    tensor_names = {o for n in fp32.graph.node for o in n.output} | {"input"}
+    assert set(rec["tensors"]) == tensor_names  # names TensorRT sees after parsing the FP32 ONNX
+    for t in rec["tensors"].values():
+        assert t["min"] <= t["max"] and t["amax"] <= max(abs(t["min"]), abs(t["max"])) + 1e-6
+    assert rec["data"]["fingerprint"] and rec["model"]["fingerprint"] and rec["tools"]["onnxruntime"]
+    header, scales = parse_calib_cache((engines_dir / CACHE_NAME).read_text())
+    assert header == "TRT-8601-EntropyCalibration2"
+    assert set(scales) == tensor_names
+    for name, s in scales.items():
+        assert s == pytest.approx(max(rec["tensors"][name]["amax"], 1e-8) / 127.0, rel=1e-6)
+    # hex of the big-endian float32 bits, as TensorRT writes them
+    line = next(ln for ln in (engines_dir / CACHE_NAME).read_text().splitlines() if ln.startswith("input: "))
+    assert struct.unpack(">f", bytes.fromhex(line.split(": ")[1]))[0] == pytest.approx(scales["input"])
+
+
+def test_trt_version_stamp():
+    assert trt_version_int("8.6.1") == 8601
+    assert trt_version_int("8.5.2") == 8502
+    assert trt_version_int("10.3.0") == 100300
+    assert calib_cache_text({"x": 127.0}, "10.3.0").startswith("TRT-100300-EntropyCalibration2\nx: 3f800000")
+
+
+def test_amax_methods_on_a_known_histogram():
+    rng = np.random.default_rng(0)
+    x = np.abs(np.concatenate([rng.normal(0, 1, 200_000), [40.0]]))
+    hist, _ = np.histogram(x, bins=2048, range=(0, x.max()))
+    pct = amax_percentile(hist, x.max(), 99.99)
+    assert 3.0 < pct < 5.0  # the outlier at 40 is clipped
+    assert pct < amax_mse(hist, x.max()) < 40.0  # MSE weighs the outlier's clipping error
+    assert 2.0 < amax_entropy(hist, x.max()) < 20.0
+    assert amax_percentile(hist, x.max(), 100.0) == pytest.approx(x.max(), rel=1e-3)
+
+
+def test_drift_is_reported_and_int8_stays_close(engines_dir: Path):
+    rep = json.loads((engines_dir / "ghostnet.quant.json").read_text())
+    d = rep["drift"]
+    assert d["n"] > 0 and 0 <= d["agreement"] <= 100 and d["cosine"] > 0.9
+    assert "ONNX Runtime" in rep["measured_with"]
+
+
+def test_max_drop_keeps_sensitive_layers_in_float(tmp_path: Path, tiny_weights: Path, image_folder: Path,
+                                                  monkeypatch: pytest.MonkeyPatch):
+    import ghostedge.quantize as qz
+
+    # the tiny random model agrees 100% with FP32, so make the budget bite: each layer kept in float
+    # "recovers" one point of a 3-point drop; the loop must stop as soon as the budget is met
+    real_compare = qz.compare
+    calls = {"n": 0}
+
+    def fake_drop(d):
+        return max(0.0, 3.0 - calls["n"])
+
+    def counting_compare(*a, **k):
+        calls["n"] = getattr(counting_compare, "excluded", 0)
+        return real_compare(*a, **k)
+
+    monkeypatch.setattr(qz, "_drop_of", fake_drop)
+    orig_plan = qz.plan_placement
+
+    def plan(model, exclude=frozenset()):
+        counting_compare.excluded = len([n for n in exclude if "/se/" not in n])
+        return orig_plan(model, exclude)
+
+    monkeypatch.setattr(qz, "plan_placement", plan)
+    monkeypatch.setattr(qz, "compare", counting_compare)
+    res = quantize(QuantizeConfig(calib=image_folder, out=tmp_path, weights=tiny_weights, num_images=12, batch=4,
+                                  holdout=6, threads=1, max_drop=1.0, method=Method.minmax))
+    assert res.sensitivity and all("kl_gain" in r for r in res.sensitivity)
+    kept = [s["node"] for s in res.mixed_precision_steps[1:]]
+    assert len(kept) == 2  # 3 -> 2 -> 1 <= budget
+    assert kept == [r["node"] for r in res.sensitivity[:2]]  # most sensitive first
+    m = onnx.load(str(tmp_path / INT8_NAME))
+    by_name = {n.name: n for n in m.graph.node}
+    for node in kept:
+        assert not by_name[node].input[0].endswith("_dequantized"), node
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "no_images", "too_few", "bad_eval"])
+def test_bad_calibration_input_is_one_clear_error_and_writes_nothing(tmp_path: Path, tiny_weights: Path,
+                                                                     image_folder: Path, case: str):
+    out = tmp_path / "out"
+    calib = tmp_path / "calib"
+    eval_dir = None
+    if case == "missing":
+        calib = tmp_path / "nope"
+    elif case == "empty":
+        calib.mkdir()
+    elif case == "no_images":
+        calib.mkdir()
+        (calib / "notes.txt").write_text("hi")
+    elif case == "too_few":
+        make_image_folder(calib, per_class=1)
+    elif case == "bad_eval":
+        calib = image_folder
+        eval_dir = make_image_folder(tmp_path / "ev", per_class=1, classes=["n99999999"])
+    with pytest.raises(GhostedgeError) as e:
+        quantize(QuantizeConfig(calib=calib, out=out, weights=tiny_weights, num_images=12, batch=8, eval_dir=eval_dir,
+                                threads=1))
+    assert e.value.exit_code == 2
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_unreadable_images_are_skipped_and_counted(tmp_path: Path, tiny_weights: Path):
+    calib = make_image_folder(tmp_path / "calib", per_class=8)
+    (calib / WN0 / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    with pytest.warns(UserWarning, match="skipped 1 unreadable"):
+        res = quantize(QuantizeConfig(calib=calib, out=tmp_path / "o", weights=tiny_weights, num_images=25, batch=4,
+                                      holdout=0, threads=1))
+    assert res.skipped_images == 1 and res.num_images == 24
+
+
+WN0 = "n01440764"
