@@ -278,7 +278,11 @@ def bench(cfg: BenchConfig, say: Callable[[str], None] = lambda s: None) -> dict
     if cfg.eval_dir is not None:
         if info is None:
             raise GhostedgeError("--eval needs the model's classes: bench engines built by ghostedge")
-        eval_size = size
+        # accuracy at the model's native resolution, unless a fixed-shape engine was built for another
+        eval_size = info.preprocess.input_size
+        fixed = {m.get("img_size") for p, _, m in opened if m and p.suffix != ".onnx" and m.get("img_size")}
+        if fixed:
+            eval_size = fixed.pop()
         ev = _eval_inputs(cfg, info, eval_size)
 
     rng = np.random.default_rng(0)
@@ -334,6 +338,7 @@ def bench(cfg: BenchConfig, say: Callable[[str], None] = lambda s: None) -> dict
                                                              "precision": "fp32"}), **(base_d or {})}
                      if base is not None else None),
         "eval": ev[2] if ev else None,
+        "eval_img_size": int(ev[0].shape[-1]) if ev else None,
         "img_size": size,
         "batches": list(cfg.batches),
         "environment": environment(cfg.threads),

@@ -14,6 +14,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from . import __version__
 from .errors import GhostedgeError
@@ -51,36 +52,26 @@ def main(
 
 
 def _warn_to_stderr(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
-    err.print(f"[yellow]warning:[/] {message}", highlight=False)
+    err.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False)
 
 
 def run() -> None:
     """Console-script entry point: turns package errors into one line and an exit code."""
     warnings.showwarning = _warn_to_stderr
     try:
-        app(standalone_mode=False)
+        app()  # standalone: usage errors print their message and exit 2
     except GhostedgeError as e:
         if _state["debug"]:
             raise
-        err.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
+        err.print(f"[red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         sys.exit(e.exit_code)
-    except typer.Exit as e:
-        sys.exit(e.exit_code)
-    except typer.Abort:
-        err.print("aborted")
-        sys.exit(130)
     except KeyboardInterrupt:
         err.print("interrupted: outputs already written are complete; nothing partial was left")
         sys.exit(130)
-    except Exception as e:  # click usage errors and the like
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
+    except Exception as e:
         if _state["debug"]:
             raise
-        err.print(f"[red]error:[/] unexpected {type(e).__name__}: {e} (rerun with --debug for the "
+        err.print(f"[red]error:[/] unexpected {type(e).__name__}: {escape(str(e))} (rerun with --debug for the "
                   "traceback and report it)", highlight=False, soft_wrap=True)
         sys.exit(1)
 

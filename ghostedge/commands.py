@@ -43,7 +43,7 @@ def train(
                       lr=lr, weight_decay=weight_decay, warmup_epochs=warmup_epochs, schedule=schedule,
                       label_smoothing=label_smoothing, min_scale=min_scale, ema_decay=ema_decay, seed=seed,
                       threads=threads, weights=weights, resume=resume, max_train_images=max_train_images)
-    rec = run_train(cfg, progress=lambda s: err.print(s, highlight=False))
+    rec = run_train(cfg, progress=_say)
     out.print(f"best val top-1 {rec['best_val_top1'] * 100:.2f}% -> {rec['out']} ({rec['seconds'] / 60:.1f} min)")
 
 
@@ -55,7 +55,7 @@ def _progress():
 
 
 def _say(s: str) -> None:
-    err.print(s, highlight=False)
+    err.print(s, highlight=False, markup=False)
 
 
 @app.command()
@@ -399,7 +399,8 @@ def pipeline(
     eval_dir: Annotated[Optional[Path], typer.Option("--eval", help="ImageFolder set for accuracy drift")] = None,
     engines: Annotated[Path, typer.Option(help="output folder")] = Path("engines"),
     method: Annotated[str, typer.Option(help="calibration method")] = "percentile",
-    num_images: Annotated[int, typer.Option()] = 512,
+    num_images: Annotated[int, typer.Option(help="calibration images")] = 512,
+    calib_batch: Annotated[int, typer.Option(help="calibration batch size")] = 32,
     backend: Annotated[str, typer.Option(help="auto | tensorrt | onnxruntime")] = "auto",
     batch: Annotated[str, typer.Option(help="bench batch sizes")] = "1,8,32",
     img_size: Annotated[Optional[int], typer.Option(help="bench input size (default: the model's)")] = None,
@@ -436,7 +437,7 @@ def pipeline(
             p.update(tasks[what], completed=done, total=total)
 
         q = run_quantize(QuantizeConfig(calib=calib, out=engines, weights=weights, method=m, num_images=num_images,
-                                        threads=threads), progress=tick, say=_say)
+                                        batch=calib_batch, threads=threads), progress=tick, say=_say)
     _say(f"  INT8 vs FP32 on {q.drift_set}: agreement {q.drift.agreement:.2f}%")
     _say("[2/3] build")
     from .build import choose_backend

@@ -100,7 +100,7 @@ def check_plot_available() -> None:
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        raise GhostedgeError("--plot needs matplotlib: pip install 'ghostedge[plot]'") from None
+        raise GhostedgeError("--plot needs matplotlib: pip install matplotlib") from None
 
 
 def bench_plot(result: dict, dst: Path) -> Path:

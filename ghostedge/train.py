@@ -229,7 +229,7 @@ def train(cfg: TrainConfig, progress: Callable[[str], None] | None = None) -> di
             opt.step()
             ema.update_parameters(model)
             seen += len(idx)
-            loss_sum += float(loss) * len(idx)
+            loss_sum += loss.item() * len(idx)
             if it % 20 == 0 or it == steps_per_epoch - 1:
                 rate = seen / max(1e-9, time.time() - t_ep)
                 left = (steps_per_epoch - it - 1) * cfg.batch / rate + \
