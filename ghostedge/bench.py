@@ -40,6 +40,7 @@ class BenchConfig:
     max_drop: float | None = None
     weights: Path | None = None      # override the engines' source weights for the baseline
     max_eval_images: int = 0         # 0 = all
+    cuda_graph: bool = False         # TensorRT: replay each batch shape from a captured CUDA graph
 
 
 @dataclass
@@ -110,7 +111,7 @@ def check_plan_manifest(man: dict, trt_version: str | None, gpu: dict | None) ->
         raise GhostedgeError(f"engine was built with {built}; this is {here}: rebuild here with ghostedge build")
 
 
-def open_runner(path: Path, threads: int = 0) -> tuple[BaseRunner, dict | None]:
+def open_runner(path: Path, threads: int = 0, cuda_graph: bool = False) -> tuple[BaseRunner, dict | None]:
     _check_file(path)
     if path.suffix == ".onnx":
         import onnx
@@ -136,7 +137,7 @@ def open_runner(path: Path, threads: int = 0) -> tuple[BaseRunner, dict | None]:
     except ImportError:
         trt_version = None
     check_plan_manifest(man, trt_version, gpu_info() if trt_version else None)
-    runner = TensorRTRunner(path)
+    runner = TensorRTRunner(path, cuda_graph=cuda_graph)
     runner.precision = man.get("precision", "?")
     return runner, man
 
@@ -242,7 +243,7 @@ def bench(cfg: BenchConfig, say: Callable[[str], None] = lambda s: None) -> dict
         raise GhostedgeError("--batch sizes must be >= 1")
     if cfg.baseline not in ("torch", "none"):
         raise GhostedgeError(f"--baseline {cfg.baseline!r}: use torch or none")
-    opened = [(p, *open_runner(p, cfg.threads)) for p in cfg.engines]
+    opened = [(p, *open_runner(p, cfg.threads, cfg.cuda_graph)) for p in cfg.engines]
 
     # the model the engines were built from
     infos = [ModelInfo.from_dict(m["model"]) for _, _, m in opened if m and m.get("model")]

@@ -329,7 +329,7 @@ def inspect(
 
 
 def _bench_cfg(engines: list[Path], batch: str, img_size, warmup, iters, seconds, threads, baseline,  # noqa: ANN001
-               eval_dir, max_drop, weights, max_eval_images):  # noqa: ANN001
+               eval_dir, max_drop, weights, max_eval_images, cuda_graph=False):  # noqa: ANN001
     from .bench import BenchConfig
 
     try:
@@ -342,7 +342,7 @@ def _bench_cfg(engines: list[Path], batch: str, img_size, warmup, iters, seconds
         raise GhostedgeError("--iters must be >= 1")
     return BenchConfig(engines=engines, batches=batches, img_size=img_size, warmup=warmup, iters=iters,
                        seconds=seconds, threads=threads, baseline=baseline, eval_dir=eval_dir, max_drop=max_drop,
-                       weights=weights, max_eval_images=max_eval_images)
+                       weights=weights, max_eval_images=max_eval_images, cuda_graph=cuda_graph)
 
 
 def _render_bench(res: dict, as_json: bool, report: Optional[Path], plot: Optional[Path]) -> None:
@@ -375,6 +375,7 @@ def bench(
     max_drop: Annotated[Optional[float], typer.Option(help="exit 1 when an engine's top-1 drop exceeds this")] = None,
     max_eval_images: Annotated[int, typer.Option(help="cap on eval images (0 = all)")] = 0,
     weights: WeightsOpt = None,
+    cuda_graph: Annotated[bool, typer.Option(help="TensorRT: replay captured CUDA graphs")] = False,
     as_json: JsonOpt = False,
     report: Annotated[Optional[Path], typer.Option(help="write a Markdown report")] = None,
     plot: Annotated[Optional[Path], typer.Option(help="write a PNG plot")] = None,
@@ -386,7 +387,7 @@ def bench(
     if plot:
         check_plot_available()
     cfg = _bench_cfg(engines, batch, img_size, warmup, iters, seconds, threads, baseline, eval_dir, max_drop,
-                     weights, max_eval_images)
+                     weights, max_eval_images, cuda_graph)
     res = run_bench(cfg, say=_say)
     _render_bench(res, as_json, report, plot)
     gate(res)

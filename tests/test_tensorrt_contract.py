@@ -215,6 +215,13 @@ class _HostCuda:
     def elapsed_ms(self, a, b):
         return 0.5
 
+    def capture(self, st, launch):
+        launch()  # stream capture records, it does not run
+        return ("graph", st)
+
+    def launch_graph(self, g, st):
+        self.launched = getattr(self, "launched", 0) + 1
+
 
 @pytest.mark.parametrize("version", VERSIONS)
 def test_runner_uses_name_based_io(tmp_path: Path, version: str):
@@ -280,3 +287,25 @@ def test_jetson_detection(tmp_path: Path):
     assert resolve("auto", tmp_path / "nothing").target.name == "dgpu"
     with pytest.raises(GhostedgeError, match="unknown --target"):
         resolve("nano")
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_runner_replays_captured_cuda_graphs(tmp_path: Path, version: str):
+    from ghostedge.backends.tensorrt import TensorRTRunner
+
+    trt = make_fake_trt(version)
+    names = ["input", "logits"]
+    trt._behaviors[("ICudaEngine", "num_io_tensors")] = lambda self: 2
+    trt._behaviors[("ICudaEngine", "get_tensor_name")] = lambda self, i: names[i]
+    trt._behaviors[("ICudaEngine", "get_tensor_mode")] = lambda self, n: (
+        trt.TensorIOMode.INPUT if n == "input" else trt.TensorIOMode.OUTPUT)
+    trt._behaviors[("ICudaEngine", "get_tensor_profile_shape")] = lambda self, n, p: [(1, 3, 8, 8)] * 2 + [(4, 3, 8, 8)]
+    trt._behaviors[("IExecutionContext", "get_tensor_shape")] = lambda self, n: (2, 3)
+    plan = tmp_path / "g.plan"
+    plan.write_bytes(b"x")
+    cu = _HostCuda()
+    with TensorRTRunner(plan, trt=trt, cuda=cu, cuda_graph=True) as r:
+        for _ in range(3):
+            r.infer(np.zeros((2, 3, 8, 8), np.float32))
+    assert len(called(trt, "IExecutionContext", "execute_async_v3")) == 2  # one plain run, one captured
+    assert cu.launched == 2

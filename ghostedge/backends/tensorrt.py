@@ -362,6 +362,19 @@ class _Cuda:
         b.synchronize()
         return float(b.time_since(a))
 
+    def capture(self, st: Any, launch: Any) -> Any:
+        """Record what ``launch()`` enqueues on ``st`` into an executable CUDA graph (cuda-python only)."""
+        if self.cudart is None:
+            raise GhostedgeError("--cuda-graph needs cuda-python (pycuda has no stream capture here)")
+        rt = self.cudart
+        self._ck(rt.cudaStreamBeginCapture(st, rt.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal))
+        launch()
+        graph = self._ck(rt.cudaStreamEndCapture(st))
+        return self._ck(rt.cudaGraphInstantiate(graph, 0))
+
+    def launch_graph(self, g: Any, st: Any) -> None:
+        self._ck(self.cudart.cudaGraphLaunch(g, st))
+
     def device_info(self) -> dict:
         if self.cudart is not None:
             props = self._ck(self.cudart.cudaGetDeviceProperties(0))
@@ -397,11 +410,13 @@ class TensorRTRunner(BaseRunner):
     backend = "tensorrt"
 
     def __init__(self, path: str | Path, name: str | None = None, trt: ModuleType | None = None,
-                 cuda: Any = None):
+                 cuda: Any = None, cuda_graph: bool = False):
         super().__init__(name or Path(path).name)
         self.path = Path(path)
         self._trt = trt
         self._cuda = cuda
+        self.cuda_graph = cuda_graph
+        self._graphs: dict[tuple, Any] = {}
         self.gpu_ms: list[float] = []     # GPU compute time of each infer (CUDA events)
 
     def activate_impl(self) -> None:
@@ -463,10 +478,17 @@ class TensorRTRunner(BaseRunner):
         d_out = self._buf(out, y.nbytes)
         cu.h2d(d_in, x, st)
         cu.record(self.ev[0], st)
+        ok = True
         if self.v3:
             self.context.set_tensor_address(inp, int(d_in))
             self.context.set_tensor_address(out, int(d_out))
-            ok = self.context.execute_async_v3(cu.stream_handle(st))
+            key = tuple(x.shape)
+            if self.cuda_graph and key in self._graphs:
+                cu.launch_graph(self._graphs[key], st)
+            else:
+                ok = self.context.execute_async_v3(cu.stream_handle(st))
+                if self.cuda_graph and ok:  # capture after a first plain run (TensorRT's recommendation)
+                    self._graphs[key] = cu.capture(st, lambda: self.context.execute_async_v3(cu.stream_handle(st)))
         else:
             ok = self.context.execute_async_v2([int(d_in), int(d_out)], cu.stream_handle(st))
         cu.record(self.ev[1], st)
