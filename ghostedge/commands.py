@@ -58,6 +58,20 @@ def _say(s: str) -> None:
     err.print(s, highlight=False, markup=False)
 
 
+def _quantize_with_progress(cfg):  # noqa: ANN001,ANN202  (QuantizeConfig -> QuantizeResult)
+    from .quantize import quantize as run_quantize
+
+    with _progress() as p:
+        tasks: dict[str, int] = {}
+
+        def tick(what: str, done: int, total: int) -> None:
+            if what not in tasks:
+                tasks[what] = p.add_task(what, total=total)
+            p.update(tasks[what], completed=done, total=total)
+
+        return run_quantize(cfg, progress=tick, say=_say)
+
+
 @app.command()
 def info(
     weights: WeightsOpt = None,
@@ -170,7 +184,7 @@ def quantize(
 ) -> None:
     """INT8 post-training quantization: Q/DQ ONNX + calibration record + TensorRT cache, drift measured."""
     from .calibrate import Method
-    from .quantize import QuantizeConfig, quantize as run_quantize
+    from .quantize import QuantizeConfig
 
     try:
         m = Method(method)
@@ -179,15 +193,7 @@ def quantize(
     cfg = QuantizeConfig(calib=calib, out=out_dir, weights=weights, num_classes=num_classes, method=m,
                          percentile=percentile, num_images=num_images, batch=batch, eval_dir=eval_dir,
                          max_drop=max_drop, seed=seed, threads=threads, trt_version=cache_trt_version)
-    with _progress() as p:
-        tasks: dict[str, int] = {}
-
-        def tick(what: str, done: int, total: int) -> None:
-            if what not in tasks:
-                tasks[what] = p.add_task(what, total=total)
-            p.update(tasks[what], completed=done, total=total)
-
-        res = run_quantize(cfg, progress=tick, say=_say)
+    res = _quantize_with_progress(cfg)
     if as_json:
         _print_json(res.to_dict())
     else:
@@ -417,7 +423,7 @@ def pipeline(
     from .bench import bench as run_bench, gate
     from .build import Backend, BuildConfig, Precision, build as run_build, parse_batch
     from .calibrate import Method
-    from .quantize import QuantizeConfig, quantize as run_quantize
+    from .quantize import QuantizeConfig
     from .report import check_plot_available
 
     if plot:
@@ -429,16 +435,8 @@ def pipeline(
     batches = _bench_cfg([], batch, img_size, 3, None, seconds, threads, "torch", eval_dir, max_drop, weights,
                          max_eval_images).batches
     _say("[1/3] quantize")
-    with _progress() as p:
-        tasks: dict[str, int] = {}
-
-        def tick(what: str, done: int, total: int) -> None:
-            if what not in tasks:
-                tasks[what] = p.add_task(what, total=total)
-            p.update(tasks[what], completed=done, total=total)
-
-        q = run_quantize(QuantizeConfig(calib=calib, out=engines, weights=weights, method=m, num_images=num_images,
-                                        batch=calib_batch, threads=threads), progress=tick, say=_say)
+    q = _quantize_with_progress(QuantizeConfig(calib=calib, out=engines, weights=weights, method=m,
+                                               num_images=num_images, batch=calib_batch, threads=threads))
     _say(f"  INT8 vs FP32 on {q.drift_set}: agreement {q.drift.agreement:.2f}%")
     _say("[2/3] build")
     from .build import choose_backend

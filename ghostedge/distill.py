@@ -86,7 +86,7 @@ def distill(cfg: DistillConfig, progress: Callable[[int, int, float], None] | No
                 with torch.no_grad():
                     x.data = torch.max(torch.min(x.data, hi), lo)
                 if progress:
-                    progress(bi * cfg.iters + it + 1, n_batches * cfg.iters, float(loss_bn))
+                    progress(bi * cfg.iters + it + 1, n_batches * cfg.iters, loss_bn.item())
             with torch.no_grad():
                 u8 = ((x * std + mean).clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
             images += list(u8)

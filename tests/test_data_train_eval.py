@@ -125,3 +125,16 @@ def test_reference_model_accuracy_on_imagenette_val():
     res = evaluate(EvalConfig(data=IMAGENETTE / "val", threads=0))
     assert res["n"] == 3925
     assert abs(res["top1"] - stated) <= 0.2, (res["top1"], stated)
+
+
+def test_distill_writes_images_that_match_bn_statistics_better(tmp_path: Path, tiny_weights: Path):
+    from ghostedge.distill import DistillConfig, distill
+
+    losses = []
+    meta = distill(DistillConfig(out=tmp_path / "calib", n=5, batch=4, iters=15, weights=tiny_weights, threads=1),
+                   progress=lambda d, t, loss: losses.append(loss))
+    files = sorted((tmp_path / "calib").glob("*.png"))
+    assert len(files) == 5 and meta["n"] == 5
+    assert Image.open(files[0]).size == (37, 37)  # input_size / crop_pct, so the center crop is the optimized area
+    assert losses[14] < losses[0] and losses[-1] < losses[15]  # per batch, BN mismatch goes down
+    assert json.loads((tmp_path / "calib" / "distill.json").read_text())["model_fingerprint"]

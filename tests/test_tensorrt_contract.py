@@ -223,18 +223,23 @@ class _HostCuda:
         self.launched = getattr(self, "launched", 0) + 1
 
 
-@pytest.mark.parametrize("version", VERSIONS)
-def test_runner_uses_name_based_io(tmp_path: Path, version: str):
-    from ghostedge.backends.tensorrt import TensorRTRunner
-
+def _engine_fake(version: str, profile: list[tuple]):
+    """A fake whose engine has one input and one output, with this min/opt/max profile."""
     trt = make_fake_trt(version)
     names = ["input", "logits"]
     trt._behaviors[("ICudaEngine", "num_io_tensors")] = lambda self: 2
     trt._behaviors[("ICudaEngine", "get_tensor_name")] = lambda self, i: names[i]
     trt._behaviors[("ICudaEngine", "get_tensor_mode")] = lambda self, n: (
         trt.TensorIOMode.INPUT if n == "input" else trt.TensorIOMode.OUTPUT)
-    trt._behaviors[("ICudaEngine", "get_tensor_profile_shape")] = lambda self, n, p: [
-        (1, 3, 32, 32), (4, 3, 32, 32), (8, 3, 32, 32)]
+    trt._behaviors[("ICudaEngine", "get_tensor_profile_shape")] = lambda self, n, p: profile
+    return trt
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_runner_uses_name_based_io(tmp_path: Path, version: str):
+    from ghostedge.backends.tensorrt import TensorRTRunner
+
+    trt = _engine_fake(version, [(1, 3, 32, 32), (4, 3, 32, 32), (8, 3, 32, 32)])
     shapes = {}
     trt._behaviors[("IExecutionContext", "set_input_shape")] = lambda self, n, s: shapes.update({n: s}) or True
     trt._behaviors[("IExecutionContext", "get_tensor_shape")] = lambda self, n: (shapes["input"][0], 3)
@@ -293,13 +298,7 @@ def test_jetson_detection(tmp_path: Path):
 def test_runner_replays_captured_cuda_graphs(tmp_path: Path, version: str):
     from ghostedge.backends.tensorrt import TensorRTRunner
 
-    trt = make_fake_trt(version)
-    names = ["input", "logits"]
-    trt._behaviors[("ICudaEngine", "num_io_tensors")] = lambda self: 2
-    trt._behaviors[("ICudaEngine", "get_tensor_name")] = lambda self, i: names[i]
-    trt._behaviors[("ICudaEngine", "get_tensor_mode")] = lambda self, n: (
-        trt.TensorIOMode.INPUT if n == "input" else trt.TensorIOMode.OUTPUT)
-    trt._behaviors[("ICudaEngine", "get_tensor_profile_shape")] = lambda self, n, p: [(1, 3, 8, 8)] * 2 + [(4, 3, 8, 8)]
+    trt = _engine_fake(version, [(1, 3, 8, 8), (1, 3, 8, 8), (4, 3, 8, 8)])
     trt._behaviors[("IExecutionContext", "get_tensor_shape")] = lambda self, n: (2, 3)
     plan = tmp_path / "g.plan"
     plan.write_bytes(b"x")
