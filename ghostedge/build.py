@@ -95,6 +95,17 @@ def _need(path: Path, what: str) -> Path:
     return path
 
 
+def _record_for(engines: Path, onnx_path: Path) -> dict:
+    """The calibration record, checked against the weights the ONNX was exported from."""
+    record = load_record(_need(engines / RECORD_NAME, "the calibration record"))
+    info = read_onnx_info(onnx_path)
+    if info and record.get("model", {}).get("fingerprint") not in (None, info.fingerprint):
+        raise GhostedgeError(f"{engines / RECORD_NAME} was calibrated for other weights "
+                             f"({record['model']['fingerprint']}) than {onnx_path.name} ({info.fingerprint}): "
+                             "rerun ghostedge quantize")
+    return record
+
+
 def tensorrt_available() -> tuple[bool, str]:
     """(usable, why not) for TensorRT on this machine."""
     try:
@@ -177,7 +188,7 @@ def build_onnxruntime(cfg: BuildConfig, say: Callable[[str], None]) -> BuildResu
     fp32 = onnx.load(str(fp32_path))
     record = None
     if cfg.precision == Precision.int8:
-        record = load_record(_need(cfg.engines / RECORD_NAME, "the calibration record"))
+        record = _record_for(cfg.engines, fp32_path)
         exclude = [n.name for n in fp32.graph.node if any(p in n.name for p in CPU_FLOAT_PREFIX)]
         exclude += [n for n in record.get("excluded_nodes", []) if "/se/" not in n]
         model = quantize_for_cpu(fp32, record, exclude)
@@ -208,7 +219,7 @@ def build_tensorrt(cfg: BuildConfig, say: Callable[[str], None], trt=None, gpu: 
     info = read_onnx_info(src)
     img = cfg.img_size or (info.preprocess.input_size if info else 224)
     out = cfg.out or cfg.engines / "ghostnet.plan"
-    record = load_record(cfg.engines / RECORD_NAME) if cfg.precision == Precision.int8 else None
+    record = _record_for(cfg.engines, src) if cfg.precision == Precision.int8 else None
     cache_bytes = None
     if cfg.calib_cache is not None:
         if cfg.precision != Precision.int8:
