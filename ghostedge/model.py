@@ -300,6 +300,8 @@ def reference_weights_path() -> Path:
 def weights_fingerprint(state_dict: dict[str, torch.Tensor]) -> str:
     h = hashlib.sha256()
     for k in sorted(state_dict):
+        if k.endswith("num_batches_tracked"):  # a step counter, not a weight
+            continue
         t = state_dict[k].detach().to(torch.float32).contiguous().cpu()
         h.update(k.encode())
         h.update(t.numpy().tobytes())
@@ -430,7 +432,8 @@ def save_checkpoint(model: nn.Module, info: ModelInfo, dst: str | Path, half: bo
 
     sd = {k: (v.half() if half and v.is_floating_point() else v).contiguous()
           for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
-    info.fingerprint = weights_fingerprint(model.state_dict())
+    # the fingerprint of what is stored, as load_model will compute it
+    info.fingerprint = weights_fingerprint({k: v.to(torch.float32) for k, v in sd.items()})
     meta = {"ghostedge": json.dumps(info.to_dict())}
     with atomic_path(dst) as tmp:
         save_file(sd, str(tmp), metadata=meta)

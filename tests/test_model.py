@@ -133,3 +133,16 @@ def test_safetensors_round_trip_keeps_metadata(tmp_path: Path):
         assert torch.equal(m(x), m2(x))
     sd, meta = read_checkpoint(p)
     assert meta["num_classes"] == 3
+
+
+def test_half_storage_fingerprint_matches_what_loads(tmp_path: Path):
+    torch.manual_seed(0)
+    m = ghostnet(0.5, 3).eval()
+    for mod in m.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.num_batches_tracked += 7
+    info = ModelInfo(width=0.5, num_classes=3)
+    p = save_checkpoint(m, info, tmp_path / "h.safetensors", half=True)
+    _, info2 = load_model(p)
+    assert info2.fingerprint == info.fingerprint
+    assert p.stat().st_size < count_params(m) * 2 + 200_000
