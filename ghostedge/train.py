@@ -35,6 +35,7 @@ class TrainConfig:
     out: Path = Path("runs/ghostnet.safetensors")
     width: float = 1.0
     img_size: int = 128
+    eval_img_size: int | None = None  # native (deployment) resolution; default img_size
     epochs: int = 30
     batch: int = 64
     lr: float = 2e-3
@@ -159,11 +160,11 @@ def train(cfg: TrainConfig, progress: Callable[[str], None] | None = None) -> di
     wnids = [f if f in wn else "" for f in folders]
     tr = labelled_set(train_dir, folders, [])
     va = labelled_set(val_dir, folders, [])
-    pre = Preprocess(input_size=cfg.img_size)
+    pre = Preprocess(input_size=cfg.eval_img_size or cfg.img_size)
     store = int(round(cfg.img_size / pre.crop_pct))
     t0 = time.time()
     xtr, ytr = cached_arrays(tr, Preprocess(input_size=store, crop_pct=1.0), store, cfg.cache_dir, "train")
-    xva, yva = cached_arrays(va, pre, cfg.img_size, cfg.cache_dir, "val")
+    xva, yva = cached_arrays(va, pre, pre.input_size, cfg.cache_dir, "val")
     if cfg.max_train_images:
         xtr, ytr = xtr[:cfg.max_train_images], ytr[:cfg.max_train_images]
     if len(xtr) < cfg.batch:
