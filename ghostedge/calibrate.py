@@ -133,6 +133,7 @@ def amax_entropy(hist: np.ndarray, absmax: float, num_quant_bins: int = 128, str
         return absmax
     nb = len(hist)
     hist = hist.astype(np.float64)
+    hist[0] = hist[1]  # the spike of exact zeros (ReLU outputs) would dominate the KL (as pytorch-quantization does)
     best_i, best_kl = nb, np.inf
     for i in range(num_quant_bins, nb + 1, stride):
         ref = hist[:i].copy()

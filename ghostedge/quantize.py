@@ -45,7 +45,7 @@ class QuantizeConfig:
     out: Path = Path("engines")
     weights: Path | None = None
     num_classes: int | None = None
-    method: Method = Method.percentile
+    method: Method = Method.mse
     percentile: float = 99.99
     num_images: int = 512
     batch: int = 32

@@ -14,6 +14,10 @@ def _f(v: float | None, nd: int = 2) -> str:
     return "-" if v is None else f"{v:.{nd}f}"
 
 
+def _i(v: int | None) -> str:
+    return "-" if v is None else str(v)
+
+
 def bench_tables(result: dict) -> list[Table]:
     rows = ([result["baseline"]] if result.get("baseline") and result["baseline"].get("throughput") else []) \
         + result["engines"]
@@ -40,7 +44,7 @@ def bench_tables(result: dict) -> list[Table]:
         for r in result["engines"]:
             a.add_row(Path(r["path"]).name, _f(r.get("top1")), _f(r.get("top5")), _f(r.get("top1_drop_pts")),
                       _f(r.get("agreement")), _f(r.get("cosine"), 5), _f(r.get("kl"), 5),
-                      str(r.get("fp32_right_engine_wrong", "-")), str(r.get("fp32_wrong_engine_right", "-")))
+                      _i(r.get("fp32_right_engine_wrong")), _i(r.get("fp32_wrong_engine_right")))
         tables.append(a)
     return tables
 
@@ -83,8 +87,8 @@ def bench_markdown(result: dict) -> str:
         for r in result["engines"]:
             lines.append(f"| {Path(r['path']).name} | {_f(r.get('top1'))} | {_f(r.get('top5'))} | "
                          f"{_f(r.get('top1_drop_pts'))} | {_f(r.get('agreement'))} | {_f(r.get('cosine'), 5)} | "
-                         f"{_f(r.get('kl'), 5)} | {r.get('fp32_right_engine_wrong', '-')} | "
-                         f"{r.get('fp32_wrong_engine_right', '-')} |")
+                         f"{_f(r.get('kl'), 5)} | {_i(r.get('fp32_right_engine_wrong'))} | "
+                         f"{_i(r.get('fp32_wrong_engine_right'))} |")
         lost = [(Path(r["path"]).name, c) for r in result["engines"] for c in r.get("classes_lost_most") or []]
         if lost:
             lines += ["", "Classes that lost most: " + "; ".join(f"{e}: {c['class']} -{c['drop_pts']} pts"
@@ -115,9 +119,10 @@ def bench_plot(result: dict, dst: Path) -> Path:
     has_acc = any(r.get("top1") is not None or r.get("agreement") is not None for r in result["engines"])
     fig, axes = plt.subplots(1, 2 if has_acc else 1, figsize=(11 if has_acc else 6, 4.2), squeeze=False)
     ax = axes[0][0]
+    color = {id(r): f"C{i}" for i, r in enumerate(rows)}  # one colour per engine in both panels
     for r in rows:
         bs = [int(b) for b in r["throughput"]]
-        ax.plot(bs, list(r["throughput"].values()), marker="o",
+        ax.plot(bs, list(r["throughput"].values()), marker="o", color=color[id(r)],
                 label=f"{Path(r['path']).name} ({r['precision']})")
     ax.set_xlabel("batch")
     ax.set_ylabel("images/s")
@@ -130,11 +135,11 @@ def bench_plot(result: dict, dst: Path) -> Path:
         bmax = str(max(result["batches"]))
         key = "top1" if any(r.get("top1") is not None for r in result["engines"]) else "agreement"
         for r in result["engines"]:
-            ax2.scatter(r["throughput"][bmax], r.get(key), s=60)
+            ax2.scatter(r["throughput"][bmax], r.get(key), s=60, color=color.get(id(r)))
             ax2.annotate(Path(r["path"]).name, (r["throughput"][bmax], r.get(key)), fontsize=8)
         b = result.get("baseline") or {}
         if key == "top1" and b.get("top1") is not None and b.get("throughput"):
-            ax2.scatter(b["throughput"][bmax], b["top1"], marker="*", s=120)
+            ax2.scatter(b["throughput"][bmax], b["top1"], marker="*", s=120, color=color.get(id(b)))
             ax2.annotate("pytorch fp32", (b["throughput"][bmax], b["top1"]), fontsize=8)
         ax2.set_xlabel(f"images/s at batch {bmax}")
         ax2.set_ylabel("top-1 %" if key == "top1" else "top-1 agreement with FP32 %")
