@@ -233,7 +233,8 @@ def build_tensorrt(cfg: BuildConfig, say: Callable[[str], None], trt=None, gpu: 
         cmd = trtexec_command(src.name, cfg, plat, out.name, img)
         raise GhostedgeError(f"TensorRT is not installed here: build on the target board instead: copy "
                              f"{cfg.engines}/*.onnx and {cfg.engines}/ghostnet.calib.* there and run "
-                             f"`ghostedge build` (or: {cmd}); or use --backend onnxruntime here") from None
+                             f"`ghostedge build` (or: {cmd}; on TensorRT 11 use --stronglyTyped instead of "
+                             "--fp16/--int8); or use --backend onnxruntime here") from None
     ver = version_tuple(trt)
     gpu = gpu or gpu_info()
     if gpu is None:
