@@ -61,6 +61,7 @@ class BuildConfig:
     out: Path | None = None
     frontend: str = "onnx"          # onnx | torch-tensorrt
     weights: Path | None = None     # for the torch-tensorrt frontend
+    calib: Path | None = None       # torch-tensorrt --int8: calibration images (default ./calib)
 
 
 @dataclass

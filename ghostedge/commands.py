@@ -276,6 +276,8 @@ def build(
     engines: Annotated[Path, typer.Option(help="folder with the quantize outputs")] = Path("engines"),
     out_path: Annotated[Optional[Path], typer.Option("--out", help="engine file to write")] = None,
     frontend: Annotated[str, typer.Option(help="onnx | torch-tensorrt")] = "onnx",
+    calib: Annotated[Optional[Path], typer.Option(
+        help="--frontend torch-tensorrt --int8: calibration images (default: ./calib)")] = None,
     weights: WeightsOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -300,7 +302,7 @@ def build(
                       dla_core=dla_core, gpu_fallback=gpu_fallback, timing_cache=timing_cache,
                       opt_level=opt_level, hardware_compat=hardware_compat,
                       version_compatible=version_compatible, calib_cache=calib_cache, out=out_path,
-                      frontend=frontend, weights=weights)
+                      frontend=frontend, weights=weights, calib=calib)
     r = run_build(cfg, say=_say)
     res = {"engine": str(r.engine), "manifest": str(r.manifest), "backend": r.backend, "precision": r.precision,
            "seconds": r.seconds, "trtexec": r.trtexec, "dla_fallback_layers": r.dla_fallback_layers}

@@ -169,3 +169,13 @@ def test_pipeline_runs_end_to_end(tmp_path: Path, tiny_weights: Path, image_fold
     d = json.loads(r.stdout)
     assert [e["precision"] for e in d["engines"]] == ["fp32", "int8"] and d["quantize"]["drift"]["n"] > 0
     assert (eng / "report.md").is_file()
+
+
+def test_torch_tensorrt_frontend_without_it_is_a_clear_error(engines_copy: Path):
+    code = BLOCKER + f"""
+sys.argv = ['ghostedge', 'build', '--int8', '--frontend', 'torch-tensorrt', '--engines', {str(engines_copy)!r}]
+from ghostedge.cli import run
+run()
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode == 2 and "torch-tensorrt is not installed" in r.stderr and "Traceback" not in r.stderr
