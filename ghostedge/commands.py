@@ -430,7 +430,7 @@ def pipeline(
 ) -> None:
     """quantize -> build (TensorRT on a GPU, ONNX Runtime otherwise) -> bench with drift, one report."""
     from .bench import bench as run_bench, gate
-    from .build import Backend, BuildConfig, Precision, build as run_build, parse_batch
+    from .build import Backend, BuildConfig, Precision, build as run_build
     from .calibrate import Method
     from .quantize import QuantizeConfig
     from .report import check_plot_available

@@ -38,7 +38,8 @@ def inspect_plan(path: Path) -> list[dict]:
     from .bench import open_runner
 
     runner, _ = open_runner(path)
-    assert isinstance(runner, TensorRTRunner)
+    if not isinstance(runner, TensorRTRunner):
+        raise GhostedgeError(f"{path} is not a TensorRT engine: pass a .plan")
     with runner:
         return inspect_engine(runner.trt, runner.engine)
 

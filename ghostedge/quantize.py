@@ -21,7 +21,7 @@ from . import __version__
 from .calibrate import Method, TensorStats, collect_stats, compute_amax
 from .data import LabelledSet, batches, fingerprint_files, labelled_set, load_images, normalize, sample_images
 from .drift import DriftResult, compare
-from .errors import GhostedgeError, write_text_atomic
+from .errors import GhostedgeError, write_bytes_atomic, write_text_atomic
 from .export import INPUT_NAME, export_onnx, onnx_is_current, ort_session
 from .model import GhostNet, ModelInfo, load_model
 from .qdq import QMAX, insert_qdq, plan_placement, quantizable_nodes
@@ -296,8 +296,6 @@ def quantize(cfg: QuantizeConfig, progress: Callable[[str, int, int], None] | No
         "cache": cfg.out / CACHE_NAME,
         "report": cfg.out / REPORT_NAME,
     }
-    from .errors import write_bytes_atomic
-
     write_bytes_atomic(files["int8_onnx"], q.SerializeToString())
     write_text_atomic(files["record"], json.dumps(record, indent=1))
     write_text_atomic(files["cache"], calib_cache_text(amax, cfg.trt_version))

@@ -465,7 +465,7 @@ class TensorRTRunner(BaseRunner):
         if x.shape[0] > self.max_shape[0]:
             raise GhostedgeError(f"batch {x.shape[0]} exceeds the engine's profile (max {self.max_shape[0]}): "
                                  f"rebuild with --batch 1:{x.shape[0]}:{x.shape[0]} or use a smaller --batch")
-        trt, cu, st = self.trt, self.cu, self.stream
+        cu, st = self.cu, self.stream
         inp, out = self.inputs[0], self.outputs[0]
         d_in = self._buf(inp, x.nbytes)
         if self.v3:
