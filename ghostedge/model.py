@@ -344,8 +344,9 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict | N
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise GhostedgeError(f"{path}: cannot be loaded as weights-only PyTorch checkpoint ({first}): "
+        why = "it holds objects other than tensors" if "Unsupported global" in str(e) or "GLOBAL" in str(e) \
+            else "not a PyTorch checkpoint, or truncated"
+        raise GhostedgeError(f"{path}: cannot be loaded as a weights-only PyTorch checkpoint ({why}): "
                              "pass a state dict saved with torch.save, or a .safetensors file") from None
     info = obj.get("ghostedge") if isinstance(obj, dict) and isinstance(obj.get("ghostedge"), dict) else None
     return _unwrap_state_dict(obj, path), info
