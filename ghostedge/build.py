@@ -10,7 +10,7 @@ import datetime as _dt
 import platform
 import shlex
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import Callable
@@ -284,7 +284,3 @@ def build(cfg: BuildConfig, say: Callable[[str], None] = lambda s: None) -> Buil
         return build_tensorrt(cfg, say)
     return build_onnxruntime(cfg, say)
 
-
-def settings_dict(cfg: BuildConfig) -> dict:
-    return {k: (v.value if isinstance(v, Enum) else str(v) if isinstance(v, Path) else v)
-            for k, v in asdict(cfg).items()}

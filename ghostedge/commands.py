@@ -343,16 +343,21 @@ def inspect(
     out.print(f"{len(rows)} layers; flagged: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
 
 
-def _bench_cfg(engines: list[Path], batch: str, img_size, warmup, iters, seconds, threads, baseline,  # noqa: ANN001
-               eval_dir, max_drop, weights, max_eval_images, cuda_graph=False):  # noqa: ANN001
-    from .bench import BenchConfig
-
+def _parse_batches(batch: str) -> tuple[int, ...]:
     try:
         batches = tuple(int(b) for b in batch.split(",") if b.strip())
     except ValueError:
         raise GhostedgeError(f"--batch {batch!r}: use a comma-separated list such as 1,8,32") from None
     if not batches or min(batches) < 1:
         raise GhostedgeError(f"--batch {batch!r}: sizes must be >= 1")
+    return batches
+
+
+def _bench_cfg(engines: list[Path], batch: str, img_size, warmup, iters, seconds, threads, baseline,  # noqa: ANN001
+               eval_dir, max_drop, weights, max_eval_images, cuda_graph=False):  # noqa: ANN001
+    from .bench import BenchConfig
+
+    batches = _parse_batches(batch)
     if iters is not None and iters < 1:
         raise GhostedgeError("--iters must be >= 1")
     return BenchConfig(engines=engines, batches=batches, img_size=img_size, warmup=warmup, iters=iters,
@@ -441,8 +446,7 @@ def pipeline(
         m, be = Method(method), Backend(backend)
     except ValueError:
         raise GhostedgeError("--method: entropy|minmax|percentile|mse; --backend: auto|tensorrt|onnxruntime") from None
-    batches = _bench_cfg([], batch, img_size, 3, None, seconds, threads, "torch", eval_dir, max_drop, weights,
-                         max_eval_images).batches
+    batches = _parse_batches(batch)
     _say("[1/3] quantize")
     q = _quantize_with_progress(QuantizeConfig(calib=calib, out=engines, weights=weights, method=m,
                                                num_images=num_images, batch=calib_batch, threads=threads))

@@ -12,6 +12,7 @@ import torch
 from .data import labelled_set, load_images, normalize
 from .drift import accuracy
 from .model import load_model
+from .quantize import torch_logits
 
 
 @dataclass
@@ -34,10 +35,7 @@ def evaluate(cfg: EvalConfig, progress: Callable[[int, int], None] | None = None
     chunk = 256
     for i in range(0, len(ds.paths), chunk):
         u8, kept, _ = load_images(ds.paths[i:i + chunk], info.preprocess, size, what=f"images in {cfg.data}")
-        x = normalize(u8, info.preprocess)
-        with torch.inference_mode():
-            for j in range(0, len(x), cfg.batch):
-                logits.append(model(torch.from_numpy(x[j:j + cfg.batch])).numpy())
+        logits.append(torch_logits(model, normalize(u8, info.preprocess), cfg.batch))
         labels += [ds.labels[i + k] for k in kept]
         if progress:
             progress(min(i + chunk, len(ds.paths)), len(ds.paths))

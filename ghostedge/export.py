@@ -136,6 +136,7 @@ def ort_session(model: onnx.ModelProto | str | Path, threads: int = 0, optimize:
     if threads:
         so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
+    # no spinning: a thread pool left spinning slows whatever runs next in this process
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.log_severity_level = 3
     if not optimize:

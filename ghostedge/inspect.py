@@ -25,10 +25,8 @@ def inspect_onnx(path: Path) -> list[dict]:
         rows.append({"name": n.name or n.output[0], "type": n.op_type, "precision": prec, "device": "CPU",
                      "tactic": n.domain or "ai.onnx"})
     rows = annotate_layers(rows)
-    for r in rows:  # in an FP32 engine float is the point, not a fallback
-        if not quantized:
-            r["flags"] = [f for f in r["flags"] if f != "fp32"]
-        elif r["type"] not in ("Conv", "Gemm", "MatMul"):
+    for r in rows:  # only a float Conv/Gemm in an INT8 engine is a fallback; elsewhere float is the point
+        if not quantized or r["type"] not in ("Conv", "Gemm", "MatMul"):
             r["flags"] = [f for f in r["flags"] if f != "fp32"]
     return rows
 

@@ -152,9 +152,9 @@ def amax_table(stats: dict[str, TensorStats], method: Method, percentile: float)
 
 
 def sensitivity(fp32: onnx.ModelProto, amax: dict[str, float], excluded: set[str], x: np.ndarray,
-                ref: np.ndarray, threads: int, on_step: Callable[[], None] | None = None) -> list[dict]:
-    """Per quantized node: how much closer to FP32 the model gets when that node stays in float."""
-    base = compare(ref, ort_logits(insert_qdq(fp32, plan_placement(fp32, excluded), amax), x, threads=threads))
+                ref: np.ndarray, base: DriftResult, threads: int,
+                on_step: Callable[[], None] | None = None) -> list[dict]:
+    """Per quantized node: how much closer to FP32 (than ``base``) the model gets when that node stays in float."""
     rows = []
     for node in quantizable_nodes(fp32):
         if node in excluded:
@@ -237,7 +237,8 @@ def quantize(cfg: QuantizeConfig, progress: Callable[[str, int, int], None] | No
     ref = torch_logits(model, x_ev)
 
     q = insert_qdq(fp32, plan_placement(fp32, set(excluded)), amax)
-    drift = compare(ref, ort_logits(q, x_ev, threads=cfg.threads), y_ev, info.classes)
+    got = ort_logits(q, x_ev, threads=cfg.threads)
+    drift = compare(ref, got, y_ev, info.classes)
 
     sens_rows: list[dict] = []
     steps: list[dict] = []
@@ -250,7 +251,8 @@ def quantize(cfg: QuantizeConfig, progress: Callable[[str, int, int], None] | No
             done_s[0] += 1
             tick("sensitivity", done_s[0], len(nodes))
 
-        sens_rows = sensitivity(fp32, amax, set(excluded), x_ev[:n_sens], ref[:n_sens], cfg.threads, on_step)
+        sens_rows = sensitivity(fp32, amax, set(excluded), x_ev[:n_sens], ref[:n_sens],
+                                compare(ref[:n_sens], got[:n_sens]), cfg.threads, on_step)
         steps.append({"kept_float": 0, "drop": round(_drop_of(drift), 3), "agreement": round(drift.agreement, 2)})
         extra: list[str] = []
         for row in sens_rows:

@@ -18,9 +18,14 @@ def _i(v: int | None) -> str:
     return "-" if v is None else str(v)
 
 
+def _speed_rows(result: dict) -> list[dict]:
+    """The timed rows: the PyTorch baseline (when it was timed), then the engines."""
+    base = result.get("baseline")
+    return ([base] if base and base.get("throughput") else []) + result["engines"]
+
+
 def bench_tables(result: dict) -> list[Table]:
-    rows = ([result["baseline"]] if result.get("baseline") and result["baseline"].get("throughput") else []) \
-        + result["engines"]
+    rows = _speed_rows(result)
     t = Table(title=f"Speed ({result['img_size']} px; {result['environment'].get('threads')} threads on "
                     f"{result['environment'].get('cpu')})")
     for c in ("engine", "backend", "precision", "batch", "images/s", "p50 ms", "p90 ms", "p99 ms", "speed-up"):
@@ -68,8 +73,7 @@ def bench_markdown(result: dict) -> str:
              f"- runtimes: onnxruntime {env.get('onnxruntime')}, torch {env.get('torch')}", "",
              "## Speed", "", "| engine | backend | precision | batch | images/s | p50 ms | p90 ms | p99 ms | speed-up vs FP32 PyTorch |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|"]
-    rows = ([result["baseline"]] if result.get("baseline") and result["baseline"].get("throughput") else []) \
-        + result["engines"]
+    rows = _speed_rows(result)
     for r in rows:
         for b, thr in r["throughput"].items():
             lat = r["latency_ms"][b]
@@ -114,8 +118,7 @@ def bench_plot(result: dict, dst: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = ([result["baseline"]] if result.get("baseline") and result["baseline"].get("throughput") else []) \
-        + result["engines"]
+    rows = _speed_rows(result)
     has_acc = any(r.get("top1") is not None or r.get("agreement") is not None for r in result["engines"])
     fig, axes = plt.subplots(1, 2 if has_acc else 1, figsize=(11 if has_acc else 6, 4.2), squeeze=False)
     ax = axes[0][0]

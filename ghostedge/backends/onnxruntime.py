@@ -90,17 +90,10 @@ class OnnxRuntimeRunner(BaseRunner):
         self.sess = None
 
     def activate_impl(self) -> None:
-        import onnxruntime as ort
+        from ..export import ort_session
 
-        so = ort.SessionOptions()
-        if self.threads:
-            so.intra_op_num_threads = self.threads
-        so.inter_op_num_threads = 1
-        # no spinning: a thread pool left spinning slows whatever runs next in this process
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        so.log_severity_level = 3
         try:
-            self.sess = ort.InferenceSession(str(self.path), so, providers=["CPUExecutionProvider"])
+            self.sess = ort_session(self.path, threads=self.threads)
         except Exception as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise GhostedgeError(f"{self.path}: ONNX Runtime cannot load it ({first[:200]}): rebuild it with "
