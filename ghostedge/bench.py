@@ -23,7 +23,8 @@ from .data import class_folders, find_images, labelled_set, load_images, normali
 from .drift import compare
 from .errors import CheckFailed, GhostedgeError
 from .manifest import cpu_name, read_manifest
-from .model import ModelInfo, load_model
+from .model import ModelInfo, ModelSpec, check_against, load_model
+from .resources import check_batch, check_images
 
 
 @dataclass
@@ -41,6 +42,7 @@ class BenchConfig:
     weights: Path | None = None      # override the engines' source weights for the baseline
     max_eval_images: int = 0         # 0 = all
     cuda_graph: bool = False         # TensorRT: replay each batch shape from a captured CUDA graph
+    spec: ModelSpec | None = None    # --preprocess / --classes: checked against what the engines carry
 
 
 @dataclass
@@ -218,6 +220,7 @@ def _eval_inputs(cfg: BenchConfig, info: ModelInfo, size: int) -> tuple[np.ndarr
             sel = np.random.default_rng(0).choice(len(paths), cfg.max_eval_images, replace=False)
             sel.sort()
             paths, labels = [paths[i] for i in sel], labels[sel]
+        check_images(len(paths), size, f"--eval {root}", "pass --max-eval-images")
         u8, kept, _ = load_images(paths, pre, size, what=f"eval images in {root}")
         return normalize(u8, pre), labels[kept], f"{root} ({len(kept)} labelled images)"
     paths = find_images(root)
@@ -226,6 +229,7 @@ def _eval_inputs(cfg: BenchConfig, info: ModelInfo, size: int) -> tuple[np.ndarr
                              "folder of images")
     if cfg.max_eval_images:
         paths = paths[:cfg.max_eval_images]
+    check_images(len(paths), size, f"--eval {root}", "pass --max-eval-images")
     u8, _, _ = load_images(paths, pre, size, what=f"eval images in {root}")
     return normalize(u8, pre), None, f"{root} ({len(u8)} unlabelled images: agreement only)"
 
@@ -253,17 +257,27 @@ def bench(cfg: BenchConfig, say: Callable[[str], None] = lambda s: None) -> dict
         infos = [i for i in (read_onnx_info(p) for p, _, _ in opened if p.suffix == ".onnx") if i]
     if len({i.fingerprint for i in infos}) > 1:
         raise GhostedgeError("the engines were built from different weights: bench engines of one model at a time")
+    if len({i.preprocess.describe() for i in infos}) > 1:
+        raise GhostedgeError("the engines were made with different preprocessing: bench engines of one "
+                             "quantize run at a time")
+    if infos:
+        check_against(infos[0], cfg.spec, Path(opened[0][0]).name)
     model = info = None
     if cfg.baseline == "torch" or cfg.eval_dir is not None:
         weights = cfg.weights
         if weights is None and infos and not infos[0].source.startswith("reference"):
             weights = Path(infos[0].source)
-        model, info = load_model(weights)
+        model, info = load_model(weights, spec=None if infos else cfg.spec)
         if infos and infos[0].fingerprint and infos[0].fingerprint != info.fingerprint:
             raise GhostedgeError(f"the engines were built from weights {infos[0].fingerprint}, the baseline "
                                  f"weights are {info.fingerprint}: pass the engines' --weights")
+        if infos:  # the description the engines carry (stated once, at quantize) wins over a re-read sidecar
+            info.preprocess, info.classes, info.wnids = infos[0].preprocess, infos[0].classes, infos[0].wnids
     info = info or (infos[0] if infos else None)
     size = cfg.img_size or (info.preprocess.input_size if info else 224)
+    if size < 32:
+        raise GhostedgeError(f"--img-size {size} is too small: GhostNet downsamples 32x, use >= 32")
+    check_batch(max(cfg.batches), size, info.width if info else 1.0)
     for p, r, m in opened:
         mb = None
         if m and m.get("batch") and p.suffix != ".onnx":
@@ -287,7 +301,7 @@ def bench(cfg: BenchConfig, say: Callable[[str], None] = lambda s: None) -> dict
         ev = _eval_inputs(cfg, info, eval_size)
 
     rng = np.random.default_rng(0)
-    inputs = {b: rng.standard_normal((b, 3, size, size)).astype(np.float32) for b in cfg.batches}
+    inputs = {b: rng.standard_normal((b, 3, size, size), dtype=np.float32) for b in cfg.batches}
     reports: list[EngineReport] = []
     for p, runner, man in opened:
         rep = EngineReport(str(p), runner.backend, runner.precision, manifest=man)

@@ -21,6 +21,7 @@ from . import __version__
 from .errors import GhostedgeError, write_bytes_atomic
 from .export import INPUT_NAME, fp16_onnx, read_onnx_info
 from .manifest import cpu_name, file_sha256, write_manifest
+from .model import ModelSpec, check_against
 from .quantize import CACHE_NAME, FP32_NAME, INT8_NAME, RECORD_NAME, calib_cache_text, load_record, parse_calib_cache
 from .targets import Platform, check_dla, resolve
 
@@ -62,6 +63,7 @@ class BuildConfig:
     frontend: str = "onnx"          # onnx | torch-tensorrt
     weights: Path | None = None     # for the torch-tensorrt frontend
     calib: Path | None = None       # torch-tensorrt --int8: calibration images (default ./calib)
+    spec: ModelSpec | None = None   # --preprocess / --classes: checked against the ONNX's description
 
 
 @dataclass
@@ -279,6 +281,11 @@ def build(cfg: BuildConfig, say: Callable[[str], None] = lambda s: None) -> Buil
         from .backends.torch_tensorrt import build_torch_tensorrt
 
         return build_torch_tensorrt(cfg, say)
+    if cfg.spec is not None and cfg.spec.given():  # the ONNX carries the description quantize was told
+        src = _need(cfg.engines / FP32_NAME, "the FP32 ONNX")
+        stored = read_onnx_info(src)
+        if stored is not None:
+            check_against(stored, cfg.spec, src.name)
     backend = choose_backend(cfg, say)
     if backend == Backend.tensorrt:
         return build_tensorrt(cfg, say)

@@ -34,6 +34,20 @@ WeightsOpt = Annotated[Optional[Path], typer.Option(
 NumClassesOpt = Annotated[Optional[int], typer.Option(
     "--num-classes", help="classes of the checkpoint when it carries no metadata")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON object instead of tables")]
+PreprocessOpt = Annotated[Optional[str], typer.Option(
+    "--preprocess", help="the checkpoint's input, stated once: 'size=128 resize=146 interpolation=bilinear "
+                         "norm=imagenet' (or mean=R,G,B std=R,G,B), or a JSON file; default: the sidecar beside "
+                         "--weights (NAME.json / config.json), else the checkpoint's metadata")]
+ClassesOpt = Annotated[Optional[Path], typer.Option(
+    "--classes", help="class names in output order: a text file (one per line) or an ImageFolder folder "
+                      "(sorted subfolder names)")]
+
+
+def model_spec(num_classes: int | None = None, preprocess: str | None = None, classes: Path | None = None):  # noqa: ANN201
+    """The command line's description of a checkpoint (a ``ModelSpec``)."""
+    from .model import ModelSpec
+
+    return ModelSpec(num_classes=num_classes, preprocess=preprocess, classes=classes)
 
 
 def _version(value: bool) -> None:

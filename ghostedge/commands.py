@@ -7,7 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from .cli import JsonOpt, NumClassesOpt, WeightsOpt, _print_json, app, calib_app, err, out
+from .cli import ClassesOpt, JsonOpt, NumClassesOpt, PreprocessOpt, WeightsOpt, _print_json, app, calib_app, err, \
+    model_spec, out
 from .errors import CheckFailed, GhostedgeError
 
 
@@ -23,8 +24,12 @@ def train(
              "a somewhat larger test size often scores higher)")] = None,
     epochs: Annotated[int, typer.Option()] = 30,
     batch: Annotated[int, typer.Option()] = 64,
-    lr: Annotated[float, typer.Option(help="peak learning rate (AdamW)")] = 2e-3,
+    lr: Annotated[float, typer.Option(help="peak learning rate")] = 2e-3,
     weight_decay: Annotated[float, typer.Option()] = 0.05,
+    optimizer: Annotated[str, typer.Option(help="adamw | sgd (Nesterov momentum)")] = "adamw",
+    momentum: Annotated[float, typer.Option(help="--optimizer sgd: momentum")] = 0.9,
+    preprocess: Annotated[str, typer.Option(
+        help="preprocessing saved with the model, e.g. 'resize=146 interpolation=bicubic norm=inception'")] = "",
     warmup_epochs: Annotated[float, typer.Option()] = 2.0,
     schedule: Annotated[str, typer.Option(help="cosine | step | constant")] = "cosine",
     label_smoothing: Annotated[float, typer.Option()] = 0.1,
@@ -45,6 +50,7 @@ def train(
     cfg = TrainConfig(data=data, out=out_path, width=width, img_size=img_size, eval_img_size=eval_img_size,
                       epochs=epochs, batch=batch,
                       lr=lr, weight_decay=weight_decay, warmup_epochs=warmup_epochs, schedule=schedule,
+                      optimizer=optimizer, momentum=momentum, preprocess=preprocess,
                       label_smoothing=label_smoothing, min_scale=min_scale, ema_decay=ema_decay, seed=seed,
                       threads=threads, weights=weights, resume=resume, max_train_images=max_train_images)
     rec = run_train(cfg, progress=_say)
@@ -80,13 +86,15 @@ def _quantize_with_progress(cfg):  # noqa: ANN001,ANN202  (QuantizeConfig -> Qua
 def info(
     weights: WeightsOpt = None,
     num_classes: NumClassesOpt = None,
+    preprocess: PreprocessOpt = None,
+    classes: ClassesOpt = None,
     img_size: Annotated[Optional[int], typer.Option(help="input size for the MAC count")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Model summary: width, classes, parameters, MACs, preprocessing, weights source."""
     from .model import load_model, model_summary
 
-    model, mi = load_model(weights, num_classes)
+    model, mi = load_model(weights, spec=model_spec(num_classes, preprocess, classes))
     s = model_summary(model, mi, img_size)
     if as_json:
         _print_json(s)
@@ -107,6 +115,8 @@ def info(
 def export(
     weights: WeightsOpt = None,
     num_classes: NumClassesOpt = None,
+    preprocess: PreprocessOpt = None,
+    classes: ClassesOpt = None,
     out_path: Annotated[Path, typer.Option("--out", help="ONNX file to write")] = Path("engines/ghostnet.onnx"),
     img_size: Annotated[Optional[int], typer.Option(help="export resolution (default: the model's)")] = None,
     real: Annotated[Optional[Path], typer.Option(
@@ -118,7 +128,7 @@ def export(
     from .export import export_onnx
     from .model import load_model
 
-    model, mi = load_model(weights, num_classes)
+    model, mi = load_model(weights, spec=model_spec(num_classes, preprocess, classes))
     xr = None
     if real is None and Path("calib").is_dir() and find_images("calib"):
         real = Path("calib")
@@ -141,6 +151,8 @@ def eval_cmd(
     data: Annotated[Path, typer.Option("--data", help="ImageFolder set (<class>/<images>), e.g. imagenette/val")],
     weights: WeightsOpt = None,
     num_classes: NumClassesOpt = None,
+    preprocess: PreprocessOpt = None,
+    classes: ClassesOpt = None,
     batch: Annotated[int, typer.Option()] = 64,
     img_size: Annotated[Optional[int], typer.Option(help="default: the model's native resolution")] = None,
     threads: Annotated[int, typer.Option(help="CPU threads (0 = all)")] = 0,
@@ -151,7 +163,8 @@ def eval_cmd(
 
     with _progress() as p:
         task = p.add_task("evaluating", total=None)
-        res = evaluate(EvalConfig(data, weights, num_classes, batch, img_size, threads),
+        res = evaluate(EvalConfig(data, weights, num_classes, batch, img_size, threads,
+                                  spec=model_spec(num_classes, preprocess, classes)),
                        lambda d, t: p.update(task, completed=d, total=t))
     if as_json:
         _print_json(res)
@@ -176,6 +189,8 @@ def quantize(
     calib: Annotated[Path, typer.Option("--calib", help="folder of calibration images (searched recursively)")],
     weights: WeightsOpt = None,
     num_classes: NumClassesOpt = None,
+    preprocess: PreprocessOpt = None,
+    classes: ClassesOpt = None,
     method: Annotated[str, typer.Option(help="mse (default: best measured) | entropy | minmax | percentile")] = "mse",
     percentile: Annotated[float, typer.Option(help="for --method percentile")] = 99.99,
     num_images: Annotated[int, typer.Option(help="calibration images to use")] = 512,
@@ -197,7 +212,8 @@ def quantize(
         m = Method(method)
     except ValueError:
         raise GhostedgeError(f"--method {method!r}: use entropy, minmax, percentile or mse") from None
-    cfg = QuantizeConfig(calib=calib, out=out_dir, weights=weights, num_classes=num_classes, method=m,
+    cfg = QuantizeConfig(calib=calib, out=out_dir, weights=weights, num_classes=num_classes,
+                         spec=model_spec(num_classes, preprocess, classes), method=m,
                          percentile=percentile, num_images=num_images, batch=batch, eval_dir=eval_dir,
                          max_drop=max_drop, seed=seed, threads=threads, trt_version=cache_trt_version)
     res = _quantize_with_progress(cfg)
@@ -236,6 +252,7 @@ def calib_distill(
     n: Annotated[int, typer.Option("--n", help="images to synthesize")] = 128,
     out_dir: Annotated[Path, typer.Option("--out", help="folder to write PNGs into")] = Path("calib"),
     weights: WeightsOpt = None,
+    preprocess: PreprocessOpt = None,
     iters: Annotated[int, typer.Option(help="optimization steps per batch")] = 200,
     batch: Annotated[int, typer.Option()] = 32,
     lr: Annotated[float, typer.Option()] = 0.1,
@@ -248,7 +265,7 @@ def calib_distill(
     with _progress() as p:
         task = p.add_task("distilling", total=None)
         meta = distill(DistillConfig(out=out_dir, n=n, batch=batch, iters=iters, lr=lr, seed=seed,
-                                     weights=weights, threads=threads),
+                                     weights=weights, threads=threads, spec=model_spec(preprocess=preprocess)),
                        lambda d, t, loss: p.update(task, completed=d, total=t, description=f"BN loss {loss:.2f}"))
     out.print(f"wrote {meta['n']} images to {out_dir} in {meta['seconds']:.0f}s (use 256-1024 real images from "
               "the training distribution when you have them)")
@@ -279,6 +296,8 @@ def build(
     calib: Annotated[Optional[Path], typer.Option(
         help="--frontend torch-tensorrt --int8: calibration images (default: ./calib)")] = None,
     weights: WeightsOpt = None,
+    preprocess: PreprocessOpt = None,
+    classes: ClassesOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Build an engine: TensorRT for NVIDIA GPUs / Jetson, ONNX Runtime on a CPU."""
@@ -302,7 +321,8 @@ def build(
                       dla_core=dla_core, gpu_fallback=gpu_fallback, timing_cache=timing_cache,
                       opt_level=opt_level, hardware_compat=hardware_compat,
                       version_compatible=version_compatible, calib_cache=calib_cache, out=out_path,
-                      frontend=frontend, weights=weights, calib=calib)
+                      frontend=frontend, weights=weights, calib=calib,
+                      spec=model_spec(None, preprocess, classes))
     r = run_build(cfg, say=_say)
     res = {"engine": str(r.engine), "manifest": str(r.manifest), "backend": r.backend, "precision": r.precision,
            "seconds": r.seconds, "trtexec": r.trtexec, "dla_fallback_layers": r.dla_fallback_layers}
@@ -354,7 +374,7 @@ def _parse_batches(batch: str) -> tuple[int, ...]:
 
 
 def _bench_cfg(engines: list[Path], batch: str, img_size, warmup, iters, seconds, threads, baseline,  # noqa: ANN001
-               eval_dir, max_drop, weights, max_eval_images, cuda_graph=False):  # noqa: ANN001
+               eval_dir, max_drop, weights, max_eval_images, cuda_graph=False, spec=None):  # noqa: ANN001
     from .bench import BenchConfig
 
     batches = _parse_batches(batch)
@@ -362,7 +382,7 @@ def _bench_cfg(engines: list[Path], batch: str, img_size, warmup, iters, seconds
         raise GhostedgeError("--iters must be >= 1")
     return BenchConfig(engines=engines, batches=batches, img_size=img_size, warmup=warmup, iters=iters,
                        seconds=seconds, threads=threads, baseline=baseline, eval_dir=eval_dir, max_drop=max_drop,
-                       weights=weights, max_eval_images=max_eval_images, cuda_graph=cuda_graph)
+                       weights=weights, max_eval_images=max_eval_images, cuda_graph=cuda_graph, spec=spec)
 
 
 def _render_bench(res: dict, as_json: bool, report: Optional[Path], plot: Optional[Path]) -> None:
@@ -395,6 +415,8 @@ def bench(
     max_drop: Annotated[Optional[float], typer.Option(help="exit 1 when an engine's top-1 drop exceeds this")] = None,
     max_eval_images: Annotated[int, typer.Option(help="cap on eval images (0 = all)")] = 0,
     weights: WeightsOpt = None,
+    preprocess: PreprocessOpt = None,
+    classes: ClassesOpt = None,
     cuda_graph: Annotated[bool, typer.Option(help="TensorRT: replay captured CUDA graphs")] = False,
     as_json: JsonOpt = False,
     report: Annotated[Optional[Path], typer.Option(help="write a Markdown report")] = None,
@@ -407,7 +429,7 @@ def bench(
     if plot:
         check_plot_available()
     cfg = _bench_cfg(engines, batch, img_size, warmup, iters, seconds, threads, baseline, eval_dir, max_drop,
-                     weights, max_eval_images, cuda_graph)
+                     weights, max_eval_images, cuda_graph, model_spec(None, preprocess, classes))
     res = run_bench(cfg, say=_say)
     _render_bench(res, as_json, report, plot)
     gate(res)
@@ -417,6 +439,9 @@ def bench(
 def pipeline(
     calib: Annotated[Path, typer.Option("--calib", help="calibration images")] = Path("calib"),
     weights: WeightsOpt = None,
+    num_classes: NumClassesOpt = None,
+    preprocess: PreprocessOpt = None,
+    classes: ClassesOpt = None,
     eval_dir: Annotated[Optional[Path], typer.Option("--eval", help="ImageFolder set for accuracy drift")] = None,
     engines: Annotated[Path, typer.Option(help="output folder")] = Path("engines"),
     method: Annotated[str, typer.Option(help="calibration method")] = "mse",
@@ -448,7 +473,8 @@ def pipeline(
         raise GhostedgeError("--method: entropy|minmax|percentile|mse; --backend: auto|tensorrt|onnxruntime") from None
     batches = _parse_batches(batch)
     _say("[1/3] quantize")
-    q = _quantize_with_progress(QuantizeConfig(calib=calib, out=engines, weights=weights, method=m,
+    q = _quantize_with_progress(QuantizeConfig(calib=calib, out=engines, weights=weights, num_classes=num_classes,
+                                               spec=model_spec(num_classes, preprocess, classes), method=m,
                                                num_images=num_images, batch=calib_batch, threads=threads))
     _say(f"  INT8 vs FP32 on {q.drift_set}: agreement {q.drift.agreement:.2f}%")
     _say("[2/3] build")

@@ -62,16 +62,21 @@ def open_rgb(path: str | Path) -> Image.Image:
 
 
 def resize_crop(im: Image.Image, pre: Preprocess, size: int | None = None) -> Image.Image:
-    """Resize the short side to size/crop_pct, then center-crop size x size."""
+    """Resize the short side to size/crop_pct, then center-crop size x size.
+
+    Pixel for pixel as torchvision's ``Resize(short) + CenterCrop(size)`` on PIL images (what timm and
+    most training code use): the long side is truncated, the crop offset rounded.
+    """
     size = size or pre.input_size
     scale_size = int(round(size / pre.crop_pct))
     w, h = im.size
     if w <= h:
-        nw, nh = scale_size, max(size, int(round(h * scale_size / w)))
+        nw, nh = scale_size, max(size, int(scale_size * h / w))
     else:
-        nh, nw = scale_size, max(size, int(round(w * scale_size / h)))
-    im = im.resize((nw, nh), _INTERP.get(pre.interpolation, Image.BILINEAR))
-    left, top = (nw - size) // 2, (nh - size) // 2
+        nh, nw = scale_size, max(size, int(scale_size * w / h))
+    if (nw, nh) != (w, h):
+        im = im.resize((nw, nh), _INTERP[pre.interpolation])
+    left, top = int(round((nw - size) / 2.0)), int(round((nh - size) / 2.0))
     return im.crop((left, top, left + size, top + size))
 
 
@@ -135,7 +140,8 @@ class LabelledSet:
     root: Path
     paths: list[Path]
     labels: list[int]           # model class indices
-    folder_names: list[str]     # class folder of each class index present
+    folder_names: list[str]     # class folders, sorted
+    folder_classes: list[int] = field(default_factory=list)   # the model class index of each folder
 
 
 def class_folders(root: str | Path) -> list[Path]:
@@ -154,8 +160,25 @@ def _norm(name: str) -> str:
     return "".join(ch for ch in name.lower() if ch.isalnum())
 
 
-def match_classes(folders: Sequence[str], classes: Sequence[str], wnids: Sequence[str]) -> dict[str, int]:
-    """Map class folder names to model class indices by wnid or class name."""
+def match_classes(folders: Sequence[str], classes: Sequence[str], wnids: Sequence[str],
+                  root: str | Path = "") -> dict[str, int]:
+    """Map class folder names to model class indices by wnid or class name.
+
+    A model whose classes are unnamed (0..N-1, a plain state dict without a description) gets
+    torchvision's ImageFolder convention when the folder count is N: sorted folder names -> indices.
+    """
+    unnamed = not wnids and list(classes) == [str(i) for i in range(len(classes))]
+    if unnamed and not all(f.isdigit() for f in folders):
+        if len(folders) != len(classes):
+            raise GhostedgeError(f"{root}: the model's {len(classes)} classes are unnamed and the folder has "
+                                 f"{len(folders)} class folders, so the ImageFolder convention (sorted folder "
+                                 "names -> 0..N-1) does not apply: pass --classes FILE (one name per line, "
+                                 "in the model's output order)")
+        order = sorted(folders)
+        warnings.warn(f"the model's classes are unnamed: using the ImageFolder convention for {root or 'the set'}, "
+                      f"sorted folder names -> class indices ({order[0]} -> 0 ... {order[-1]} -> "
+                      f"{len(order) - 1}); pass --classes to name them otherwise", stacklevel=2)
+        return {f: i for i, f in enumerate(order)}
     lookup: dict[str, int] = {}
     for i, c in enumerate(classes):
         lookup.setdefault(_norm(c), i)
@@ -175,14 +198,15 @@ def match_classes(folders: Sequence[str], classes: Sequence[str], wnids: Sequenc
         shown = ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else "")
         known = ", ".join((list(wnids) or list(classes))[:3])
         raise GhostedgeError(f"{len(unknown)} class folder(s) match no class of the model ({shown}): "
-                             f"name folders by wnid or class name (e.g. {known}), or pass the "
-                             "--weights of a model trained on these classes")
+                             f"name folders by wnid or class name (e.g. {known}), pass --classes with the "
+                             "model's class names in output order, or the --weights of a model trained on "
+                             "these classes")
     return mapping
 
 
 def labelled_set(root: str | Path, classes: Sequence[str], wnids: Sequence[str]) -> LabelledSet:
     dirs = class_folders(root)
-    mapping = match_classes([d.name for d in dirs], classes, wnids)
+    mapping = match_classes([d.name for d in dirs], classes, wnids, root)
     paths, labels, empty = [], [], []
     for d in dirs:
         imgs = sorted(p for p in d.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file())
@@ -193,7 +217,7 @@ def labelled_set(root: str | Path, classes: Sequence[str], wnids: Sequence[str])
     if empty:
         raise GhostedgeError(f"class folder(s) with no images in {root}: {', '.join(empty[:5])}: add "
                              "images or remove the folder")
-    return LabelledSet(Path(root), paths, labels, [d.name for d in dirs])
+    return LabelledSet(Path(root), paths, labels, [d.name for d in dirs], [mapping[d.name] for d in dirs])
 
 
 # --------------------------------------------------------------------------------------------

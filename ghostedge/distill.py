@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .errors import GhostedgeError, atomic_path, write_text_atomic
-from .model import load_model
+from .model import ModelSpec, load_model
+from .resources import check_batch
 
 
 @dataclass
@@ -35,6 +36,7 @@ class DistillConfig:
     seed: int = 0
     weights: Path | None = None
     threads: int = 0
+    spec: ModelSpec | None = None
 
 
 def distill(cfg: DistillConfig, progress: Callable[[int, int, float], None] | None = None) -> dict:
@@ -45,10 +47,11 @@ def distill(cfg: DistillConfig, progress: Callable[[int, int, float], None] | No
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    model, info = load_model(cfg.weights)
+    model, info = load_model(cfg.weights, spec=cfg.spec)
     model.eval()
     pre = info.preprocess
     size = int(round(pre.input_size / pre.crop_pct))
+    check_batch(cfg.batch * 3, size, info.width)  # forward + backward through the input
     mean = torch.tensor(pre.mean).view(1, 3, 1, 1)
     std = torch.tensor(pre.std).view(1, 3, 1, 1)
     lo, hi = (0 - mean) / std, (1 - mean) / std

@@ -11,7 +11,9 @@ import torch
 
 from .data import labelled_set, load_images, normalize
 from .drift import accuracy
-from .model import load_model
+from .errors import GhostedgeError
+from .model import ModelSpec, load_model
+from .resources import check_batch
 from .quantize import torch_logits
 
 
@@ -23,14 +25,20 @@ class EvalConfig:
     batch: int = 64
     img_size: int | None = None
     threads: int = 0
+    spec: ModelSpec | None = None
 
 
 def evaluate(cfg: EvalConfig, progress: Callable[[int, int], None] | None = None) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    model, info = load_model(cfg.weights, cfg.num_classes)
-    ds = labelled_set(cfg.data, info.classes, info.wnids)
+    if cfg.batch < 1:
+        raise GhostedgeError("--batch must be at least 1")
+    model, info = load_model(cfg.weights, cfg.num_classes, spec=cfg.spec)
     size = cfg.img_size or info.preprocess.input_size
+    if size < 32:
+        raise GhostedgeError(f"--img-size {size} is too small: GhostNet downsamples 32x, use >= 32")
+    check_batch(cfg.batch, size, info.width)
+    ds = labelled_set(cfg.data, info.classes, info.wnids)
     logits, labels = [], []
     chunk = 256
     for i in range(0, len(ds.paths), chunk):
@@ -58,5 +66,6 @@ def evaluate(cfg: EvalConfig, progress: Callable[[int, int], None] | None = None
     for (t, p), n in sorted(pairs.items(), key=lambda kv: -kv[1])[:10]:
         confusions.append({"true": info.classes[t], "predicted": info.classes[p], "count": n})
     return {"data": str(cfg.data), "weights": info.source, "fingerprint": info.fingerprint, "img_size": size,
+            "preprocess": info.preprocess.describe(), "class_folders": dict(zip(ds.folder_names, ds.folder_classes)),
             "n": acc.n, "top1": round(acc.top1, 2), "top5": round(acc.top5, 2), "per_class": per_class,
             "top_confusions": confusions, "skipped": len(ds.paths) - acc.n}

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 
 from .errors import CheckFailed, GhostedgeError, atomic_path
-from .model import GhostNet, ModelInfo
+from .model import GhostNet, ModelInfo, same_preprocess
 
 OPSET = 17
 INPUT_NAME = "input"
@@ -108,6 +108,38 @@ def constants_to_initializers(proto: onnx.ModelProto) -> None:
     proto.graph.node.extend(keep)
 
 
+def unshare_initializers(proto: onnx.ModelProto) -> None:
+    """Give every node its own copy of an initializer the exporter shared between nodes (it dedupes equal
+    tensors through Identity nodes, e.g. the all-zero folded biases of BatchNorms with zero mean):
+    quantizers rewrite weights and biases per node and expect them as initializers."""
+    inits = {t.name: t for t in proto.graph.initializer}
+    keep = []
+    for n in proto.graph.node:  # the exporter's dedup: Identity(shared initializer) -> a weight name
+        if n.op_type == "Identity" and n.input[0] in inits:
+            t = onnx.TensorProto()
+            t.CopyFrom(inits[n.input[0]])
+            t.name = n.output[0]
+            proto.graph.initializer.append(t)
+            inits[t.name] = t
+        else:
+            keep.append(n)
+    del proto.graph.node[:]
+    proto.graph.node.extend(keep)
+    seen: set[str] = set()
+    for n in proto.graph.node:
+        for k, name in enumerate(n.input):
+            if name not in inits:
+                continue
+            if name in seen:
+                t = onnx.TensorProto()
+                t.CopyFrom(inits[name])
+                t.name = f"{name}__{n.name or len(proto.graph.initializer)}"
+                proto.graph.initializer.append(t)
+                n.input[k] = t.name
+            else:
+                seen.add(name)
+
+
 def to_onnx_proto(model: GhostNet, info: ModelInfo, img_size: int | None = None) -> onnx.ModelProto:
     size = img_size or info.preprocess.input_size
     folded = fold_batchnorm(model)
@@ -121,6 +153,7 @@ def to_onnx_proto(model: GhostNet, info: ModelInfo, img_size: int | None = None)
                                         OUTPUT_NAME: {0: "batch"}})
     proto = onnx.load_from_string(buf.getvalue())
     constants_to_initializers(proto)
+    unshare_initializers(proto)
     proto.producer_name = "ghostedge"
     del proto.metadata_props[:]
     for k, v in onnx_metadata(info).items():
@@ -165,6 +198,9 @@ def export_onnx(model: GhostNet, info: ModelInfo, dst: str | Path, img_size: int
     res = ExportResult(Path(dst), OPSET, parity(model, proto, xr), nodes=len(proto.graph.node))
     if real_inputs is not None and len(real_inputs):
         res.parity_real = parity(model, proto, real_inputs.astype(np.float32))
+    if not np.isfinite([res.parity_random, res.parity_real or 0.0]).all():
+        raise GhostedgeError("the model's outputs are not finite (NaN/Inf) on ordinary inputs: your checkpoint "
+                             "overflows in FP32 (check its BatchNorm statistics and weights); nothing written")
     if check and not res.passed:
         raise CheckFailed(f"ONNX export differs from PyTorch by {max(res.parity_random, res.parity_real or 0):.2e} "
                           f"(> {PARITY_ATOL}): nothing written; report this with --debug output")
@@ -173,8 +209,8 @@ def export_onnx(model: GhostNet, info: ModelInfo, dst: str | Path, img_size: int
     return res
 
 
-def onnx_is_current(path: str | Path, info: ModelInfo, img_size: int | None = None) -> bool:
-    """True when path is a ghostedge export of these very weights."""
+def onnx_is_current(path: str | Path, info: ModelInfo) -> bool:
+    """True when path is a ghostedge export of these very weights with this very description."""
     p = Path(path)
     if not p.is_file():
         return False
@@ -182,8 +218,9 @@ def onnx_is_current(path: str | Path, info: ModelInfo, img_size: int | None = No
         stored = read_onnx_info(p)
     except Exception:
         return False
-    return stored is not None and stored.fingerprint == info.fingerprint and \
-        stored.preprocess.input_size == (img_size or info.preprocess.input_size)
+    # the ONNX has dynamic H/W, but its metadata (the description every later stage reads) must match
+    return stored is not None and stored.fingerprint == info.fingerprint and stored.classes == info.classes \
+        and stored.wnids == info.wnids and same_preprocess(stored.preprocess, info.preprocess)
 
 
 def fp16_onnx(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -218,8 +218,95 @@ class Preprocess:
     @classmethod
     def from_dict(cls, d: dict) -> "Preprocess":
         known = {f.name for f in dataclasses.fields(cls)}
-        kw = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in known}
+        kw = {k: tuple(float(x) for x in v) if isinstance(v, (list, tuple)) else v
+              for k, v in d.items() if k in known}
         return cls(**kw)
+
+    @property
+    def resize(self) -> int:
+        """Short side before the center crop, at the native input size."""
+        return int(round(self.input_size / self.crop_pct))
+
+    def describe(self) -> str:
+        """The one-line form ``parse_preprocess`` reads back."""
+        f = lambda v: ",".join(f"{x:g}" for x in v)  # noqa: E731
+        return (f"size={self.input_size} resize={self.resize} interpolation={self.interpolation} "
+                f"mean={f(self.mean)} std={f(self.std)}")
+
+    def check(self) -> "Preprocess":
+        """Raise a GhostedgeError naming the bad field (a sidecar or --preprocess value)."""
+        if not isinstance(self.input_size, int) or self.input_size < 32:
+            raise GhostedgeError(f"preprocessing: input size {self.input_size!r} is not an integer >= 32 "
+                                 "(GhostNet downsamples 32x): fix size= in --preprocess or the sidecar")
+        if not (0.05 < float(self.crop_pct) <= 1.0):
+            raise GhostedgeError(f"preprocessing: crop_pct {self.crop_pct} is not in (0.05, 1] (resize must be "
+                                 ">= size): fix resize= / crop_pct= in --preprocess or the sidecar")
+        if self.interpolation not in INTERPOLATIONS:
+            raise GhostedgeError(f"preprocessing: interpolation {self.interpolation!r} is unknown: use one of "
+                                 f"{', '.join(INTERPOLATIONS)}")
+        for name, v in (("mean", self.mean), ("std", self.std)):
+            if len(v) != 3 or not all(math.isfinite(x) for x in v):
+                raise GhostedgeError(f"preprocessing: {name} {list(v)} is not three finite numbers (R,G,B)")
+        if min(self.std) <= 0:
+            raise GhostedgeError(f"preprocessing: std {list(self.std)} has a value <= 0: std divides the input")
+        return self
+
+
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "lanczos")
+#: named mean/std pairs users say instead of numbers
+NORMALIZATIONS = {
+    "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
+    "inception": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),   # timm's IMAGENET_INCEPTION_*: x/127.5 - 1
+    "none": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),        # plain 0..1 pixels
+}
+_KEY_ALIASES = {"size": "input_size", "input_size": "input_size", "img_size": "input_size",
+                "resize": "resize", "crop": "crop_pct", "crop_pct": "crop_pct", "interp": "interpolation",
+                "interpolation": "interpolation", "mean": "mean", "std": "std", "norm": "norm"}
+
+
+def parse_preprocess(spec: str, base: "Preprocess | None" = None) -> tuple["Preprocess", set[str]]:
+    """Read a one-line description such as ``size=128 resize=146 interpolation=bicubic mean=0.5,0.5,0.5
+    std=0.5,0.5,0.5`` (or ``norm=imagenet``) on top of ``base``. Returns it and the keys given."""
+    d = (base or Preprocess()).to_dict()
+    given: set[str] = set()
+    resize = None
+    for item in spec.replace(";", " ").split():
+        key, sep, val = item.partition("=")
+        k = _KEY_ALIASES.get(key.strip().lower())
+        if not sep or k is None:
+            raise GhostedgeError(f"--preprocess: {item!r} is not KEY=VALUE with KEY one of size, resize, crop_pct, "
+                                 "interpolation, mean, std, norm (e.g. 'size=128 resize=146 norm=imagenet')")
+        try:
+            if k == "input_size":
+                d[k] = int(val)
+            elif k == "resize":
+                resize = int(val)
+            elif k == "crop_pct":
+                d[k] = float(val)
+            elif k == "interpolation":
+                d[k] = val.lower()
+            elif k == "norm":
+                if val.lower() not in NORMALIZATIONS:
+                    raise GhostedgeError(f"--preprocess norm={val}: use one of {', '.join(NORMALIZATIONS)} "
+                                         "or give mean= and std=")
+                d["mean"], d["std"] = (list(x) for x in NORMALIZATIONS[val.lower()])
+                given |= {"mean", "std"}
+                continue
+            else:
+                nums = [float(x) for x in val.split(",")]
+                d[k] = nums * 3 if len(nums) == 1 else nums
+        except ValueError:
+            raise GhostedgeError(f"--preprocess {key}={val}: not a number (lists are comma-separated: "
+                                 "mean=0.485,0.456,0.406)") from None
+        given.add(k if k != "resize" else "crop_pct")
+    if resize is not None:
+        if resize < d["input_size"]:
+            raise GhostedgeError(f"--preprocess resize={resize} is smaller than size={d['input_size']}: the "
+                                 "center crop must fit inside the resized image")
+        d["crop_pct"] = d["input_size"] / resize
+    elif "input_size" in given and "crop_pct" not in given and base is not None and base.input_size:
+        pass  # a new size keeps the crop ratio
+    return Preprocess.from_dict(d).check(), given
 
 
 @dataclass
@@ -390,18 +477,197 @@ def guess_width(sd: dict[str, torch.Tensor]) -> float:
     return 1.0
 
 
+@dataclass
+class ModelSpec:
+    """What the user says about a checkpoint on the command line; None means "not said".
+
+    ``preprocess`` is a one-line description (see ``parse_preprocess``) or the path of a JSON sidecar;
+    ``classes`` a text file (one name per line), a JSON list, or an ImageFolder folder (sorted names).
+    """
+
+    num_classes: int | None = None
+    preprocess: str | None = None
+    classes: str | Path | None = None
+
+    def given(self) -> bool:
+        return bool(self.preprocess or self.classes)
+
+
+SIDECAR_NAMES = ("{name}.json", "{stem}.json", "config.json")
+_WNID = __import__("re").compile(r"^n\d{8}$")
+
+
+def find_sidecar(weights: Path) -> Path | None:
+    """The description file beside a checkpoint: ``model.pth.json``, ``model.json`` or (timm / Hugging Face)
+    ``config.json``."""
+    for pattern in SIDECAR_NAMES:
+        p = weights.parent / pattern.format(name=weights.name, stem=weights.stem)
+        if p.is_file() and p != weights:
+            return p
+    return None
+
+
+def _read_json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise GhostedgeError(f"{what} {path} is not readable JSON ({e}): fix or remove it") from None
+
+
+def read_classes(src: str | Path, base: Path | None = None) -> list[str]:
+    """Class names from a text file (one per line), a JSON list, or an ImageFolder tree's sorted folders."""
+    p = Path(src)
+    if not p.is_absolute() and base is not None and not p.exists():
+        p = base / p
+    if p.is_dir():
+        names = sorted(d.name for d in p.iterdir() if d.is_dir() and not d.name.startswith("."))
+        if not names:
+            raise GhostedgeError(f"--classes {p}: no class subfolders: pass an ImageFolder tree or a text file")
+        return names
+    if not p.is_file():
+        raise GhostedgeError(f"--classes {p} not found: pass a text file (one class name per line) or an "
+                             "ImageFolder folder whose sorted subfolders name the classes")
+    if p.suffix == ".json":
+        names = _read_json(p, "class list")
+        if isinstance(names, dict):
+            names = [names[k] for k in sorted(names, key=lambda k: int(k))]
+        if not isinstance(names, list):
+            raise GhostedgeError(f"{p}: expected a JSON list of class names")
+        return [str(n) for n in names]
+    try:
+        return [ln.strip() for ln in p.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+    except UnicodeDecodeError:
+        raise GhostedgeError(f"--classes {p} is not a text file: one class name per line") from None
+
+
+def sidecar_description(d: Any, path: Path) -> tuple[dict, list[str] | None, int | None, float | None]:
+    """(preprocess fields, class names, num_classes, width) from a ghostedge sidecar, a timm
+    ``pretrained_cfg`` / hub ``config.json`` or a Hugging Face ``config.json`` (``id2label``)."""
+    if not isinstance(d, dict):
+        raise GhostedgeError(f"{path}: expected a JSON object describing the checkpoint")
+    cfg = d.get("pretrained_cfg") if isinstance(d.get("pretrained_cfg"), dict) else d
+    cfg = cfg.get("preprocess", cfg) if isinstance(cfg.get("preprocess"), dict) else cfg
+    pre: dict = {}
+    size = cfg.get("input_size", cfg.get("img_size", cfg.get("size")))
+    if isinstance(size, list):        # timm: [3, H, W]
+        if len(size) != 3 or size[1] != size[2]:
+            raise GhostedgeError(f"{path}: input_size {size} is not square [3, S, S]: ghostedge runs square inputs")
+        size = size[-1]
+    if size is not None:
+        pre["input_size"] = int(size)
+    for k in ("crop_pct", "interpolation", "mean", "std"):
+        if cfg.get(k) is not None:
+            pre[k] = cfg[k]
+    if cfg.get("resize") is not None:
+        s = pre.get("input_size")
+        if s is None:
+            raise GhostedgeError(f"{path}: 'resize' needs 'input_size' beside it")
+        pre["crop_pct"] = s / float(cfg["resize"])
+    classes = None
+    if isinstance(d.get("classes"), (list, str)):
+        classes = d["classes"] if isinstance(d["classes"], list) else read_classes(d["classes"], path.parent)
+    elif isinstance(d.get("label_names"), list):          # timm hub configs
+        classes = d["label_names"]
+    elif isinstance(d.get("id2label"), dict):              # Hugging Face configs
+        classes = [d["id2label"][k] for k in sorted(d["id2label"], key=lambda k: int(k))]
+    n = d.get("num_classes")
+    width = d.get("width")
+    return pre, [str(c) for c in classes] if classes is not None else None, \
+        int(n) if n is not None else None, float(width) if width is not None else None
+
+
+def _apply_classes(info: ModelInfo, names: list[str], what: str) -> None:
+    if len(names) != info.num_classes:
+        raise GhostedgeError(f"{what} names {len(names)} classes, the checkpoint has {info.num_classes}: give "
+                             f"one name per output of the classifier")
+    if all(_WNID.match(n) for n in names):
+        names_1k, wnids_1k = imagenet_classes()
+        by_wnid = dict(zip(wnids_1k, names_1k))
+        info.wnids, info.classes = list(names), [by_wnid.get(n, n) for n in names]
+    else:
+        info.classes, info.wnids = list(names), []
+
+
+def same_preprocess(a: Preprocess, b: Preprocess) -> bool:
+    return a.input_size == b.input_size and a.resize == b.resize and a.interpolation == b.interpolation and \
+        all(abs(x - y) < 1e-4 for x, y in zip(a.mean + a.std, b.mean + b.std))
+
+
+def describe(info: ModelInfo, spec: ModelSpec | None, sidecar: Path | None) -> ModelInfo:
+    """Apply the sidecar beside the checkpoint, then the command line, to the checkpoint's own metadata."""
+    said = []
+    if sidecar is not None:
+        pre_d, names, n, _ = sidecar_description(_read_json(sidecar, "model description"), sidecar)
+        if n is not None and n != info.num_classes:
+            raise GhostedgeError(f"{sidecar} says num_classes {n}, the checkpoint's classifier has "
+                                 f"{info.num_classes}: fix the sidecar")
+        if pre_d:
+            try:
+                info.preprocess = Preprocess.from_dict({**info.preprocess.to_dict(), **pre_d}).check()
+            except (TypeError, ValueError) as e:
+                raise GhostedgeError(f"{sidecar}: bad preprocessing ({e}): fix the sidecar") from None
+        if names is not None:
+            _apply_classes(info, names, str(sidecar))
+        said.append(str(sidecar))
+    if spec is not None and spec.preprocess:
+        p = Path(spec.preprocess)
+        if spec.preprocess.endswith(".json") or (p.is_file() and "=" not in spec.preprocess):
+            if not p.is_file():
+                raise GhostedgeError(f"--preprocess {p} not found: pass a JSON description or "
+                                     "'size=128 resize=146 norm=imagenet'")
+            pre_d, names, _, _ = sidecar_description(_read_json(p, "model description"), p)
+            info.preprocess = Preprocess.from_dict({**info.preprocess.to_dict(), **pre_d}).check()
+            if names is not None and not spec.classes:
+                _apply_classes(info, names, str(p))
+        else:
+            info.preprocess, _ = parse_preprocess(spec.preprocess, info.preprocess)
+        said.append("--preprocess")
+    if spec is not None and spec.classes:
+        _apply_classes(info, read_classes(spec.classes), f"--classes {spec.classes}")
+        said.append("--classes")
+    if said:
+        info.extra = {**info.extra, "described_by": said}
+    return info
+
+
+def check_weights(sd: dict[str, torch.Tensor], path: Path) -> None:
+    """Refuse weights that cannot produce a meaningful output, naming the tensors (the user's checkpoint,
+    not a ghostedge bug)."""
+    bad = [k for k, v in sd.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise GhostedgeError(f"{path}: your checkpoint has NaN/Inf values in {len(bad)} tensor(s): "
+                             + ", ".join(bad[:5]) + (" ..." if len(bad) > 5 else "")
+                             + ": the training run that saved it diverged or the file was corrupted; use an "
+                               "earlier or repaired checkpoint")
+    var = [k for k, v in sd.items() if k.endswith("running_var") and bool((v <= 0).any())]
+    if var:
+        raise GhostedgeError(f"{path}: your checkpoint has BatchNorm running variance <= 0 in "
+                             + ", ".join(var[:5]) + (" ..." if len(var) > 5 else "")
+                             + ": a variance must be positive; the checkpoint is corrupted or was edited")
+
+
 def load_model(weights: str | Path | None = None, num_classes: int | None = None,
-               width: float | None = None) -> tuple[GhostNet, ModelInfo]:
-    """Build GhostNet and load weights strictly (default: the shipped reference model)."""
+               width: float | None = None, spec: ModelSpec | None = None) -> tuple[GhostNet, ModelInfo]:
+    """Build GhostNet and load weights strictly (default: the shipped reference model).
+
+    The model's description (input size, resize/crop, interpolation, mean/std, class names) comes from
+    the checkpoint's own metadata, then a sidecar beside it, then the command line (``spec``)."""
     path = Path(weights) if weights else reference_weights_path()
     if weights is None and not path.is_file():
         raise GhostedgeError(f"the reference model {path} is missing from this install: reinstall "
                              "ghostedge, or pass --weights")
+    if num_classes is None and spec is not None:
+        num_classes = spec.num_classes
     sd, meta = read_checkpoint(path)
     info = ModelInfo.from_dict(meta) if meta else None
+    sidecar = find_sidecar(path) if weights is not None else None
+    side_width = side_n = None
+    if sidecar is not None:
+        _, _, side_n, side_width = sidecar_description(_read_json(sidecar, "model description"), sidecar)
     if info is None:  # an official / foreign checkpoint: infer width and classes
         cls_w = sd.get("classifier.weight")
-        info = ModelInfo(width=guess_width(sd), num_classes=int(cls_w.shape[0]) if cls_w is not None else 1000)
+        info = ModelInfo(width=side_width or guess_width(sd),
+                         num_classes=int(cls_w.shape[0]) if cls_w is not None else (side_n or 1000))
         if info.num_classes == 1000:
             info.classes, info.wnids = imagenet_classes()
         info.source = str(path)
@@ -418,13 +684,34 @@ def load_model(weights: str | Path | None = None, num_classes: int | None = None
     msg = _mismatch_message(path, model, sd)
     if msg:
         raise GhostedgeError(msg)
+    check_weights(sd, path)
     model.load_state_dict(sd, strict=True)
     model.eval()
+    info = describe(info, spec, sidecar)
     if not info.classes:
         info.classes = [str(i) for i in range(info.num_classes)]
     info.fingerprint = weights_fingerprint(model.state_dict())
     info.source = f"reference ({path.name})" if weights is None else str(path)
     return model, info
+
+
+def check_against(stored: ModelInfo, spec: ModelSpec | None, what: str) -> None:
+    """A later stage's --preprocess / --classes must agree with the description its inputs carry."""
+    if spec is None or not spec.given():
+        return
+    said = describe(ModelInfo.from_dict(stored.to_dict()), spec, None)
+    if not same_preprocess(said.preprocess, stored.preprocess):
+        raise GhostedgeError(f"--preprocess says '{said.preprocess.describe()}', but {what} carries "
+                             f"'{stored.preprocess.describe()}': drop --preprocess (the description travels with "
+                             "the ONNX and the engines) or rerun ghostedge quantize with the new one")
+    if (said.classes, said.wnids) != (stored.classes, stored.wnids):
+        raise GhostedgeError(f"--classes names other classes than {what} carries ({', '.join(stored.classes[:3])} "
+                             "...): drop --classes or rerun ghostedge quantize with it")
+
+
+def classes_unnamed(info: ModelInfo) -> bool:
+    """True when the model's classes are only indices (a plain state dict without a description)."""
+    return not info.wnids and info.classes == [str(i) for i in range(info.num_classes)]
 
 
 def save_checkpoint(model: nn.Module, info: ModelInfo, dst: str | Path, half: bool = True) -> Path:

@@ -23,7 +23,8 @@ from .data import LabelledSet, batches, fingerprint_files, labelled_set, load_im
 from .drift import DriftResult, compare
 from .errors import GhostedgeError, write_bytes_atomic, write_text_atomic
 from .export import INPUT_NAME, export_onnx, onnx_is_current, ort_session
-from .model import GhostNet, ModelInfo, load_model
+from .model import GhostNet, ModelInfo, ModelSpec, load_model
+from .resources import check_batch, check_images
 from .qdq import QMAX, insert_qdq, plan_placement, quantizable_nodes
 
 FP32_NAME = "ghostnet.onnx"
@@ -45,6 +46,7 @@ class QuantizeConfig:
     out: Path = Path("engines")
     weights: Path | None = None
     num_classes: int | None = None
+    spec: ModelSpec | None = None       # the command line's description of the checkpoint
     method: Method = Method.mse
     percentile: float = 99.99
     num_images: int = 512
@@ -182,8 +184,11 @@ def quantize(cfg: QuantizeConfig, progress: Callable[[str, int, int], None] | No
     if cfg.out.exists() and not cfg.out.is_dir():
         raise GhostedgeError(f"--out {cfg.out} exists and is not a folder: pass a folder")
 
-    model, info = load_model(cfg.weights, cfg.num_classes)
+    model, info = load_model(cfg.weights, cfg.num_classes, spec=cfg.spec)
     pre = info.preprocess
+    check_batch(cfg.batch, pre.input_size, info.width)
+    check_images(cfg.num_images + cfg.holdout, pre.input_size, "--num-images",
+                 "use fewer calibration images (256-1024 are plenty)")
 
     # calibration images (+ held-out images for label-free drift)
     picked = sample_images(cfg.calib, cfg.num_images + cfg.holdout, cfg.seed)
@@ -199,6 +204,8 @@ def quantize(cfg: QuantizeConfig, progress: Callable[[str, int, int], None] | No
     x_cal = normalize(u8, pre)
 
     eval_ds = labelled_set(cfg.eval_dir, info.classes, info.wnids) if cfg.eval_dir else None
+    if eval_ds is not None:
+        check_images(len(eval_ds.paths), pre.input_size, f"--eval {cfg.eval_dir}", "evaluate on a smaller set")
 
     # FP32 ONNX (exported when missing or made from other weights)
     fp32_path = cfg.out / FP32_NAME
@@ -277,7 +284,8 @@ def quantize(cfg: QuantizeConfig, progress: Callable[[str, int, int], None] | No
         "data": {"folder": str(cfg.calib), "fingerprint": fingerprint_files(calib_paths, cfg.calib),
                  "files": len(calib_paths), "skipped_unreadable": len(rep.bad)},
         "model": {"fingerprint": info.fingerprint, "weights": info.source, "width": info.width,
-                  "num_classes": info.num_classes, "onnx": FP32_NAME},
+                  "num_classes": info.num_classes, "onnx": FP32_NAME, "preprocess": pre.to_dict(),
+                  "classes": info.classes},
         "tools": tool_versions(),
         "excluded_nodes": excluded,
         "quantization": {"weights": "int8 symmetric per-channel axis 0",

@@ -25,8 +25,8 @@ import torch.nn.functional as F
 
 from .data import LabelledSet, class_folders, labelled_set, load_images, normalize
 from .errors import GhostedgeError, atomic_path
-from .model import GhostNet, ModelInfo, Preprocess, ghostnet, imagenet_classes, read_checkpoint, \
-    save_checkpoint
+from .model import GhostNet, ModelInfo, Preprocess, ghostnet, imagenet_classes, parse_preprocess, \
+    read_checkpoint, save_checkpoint
 
 
 @dataclass
@@ -40,6 +40,9 @@ class TrainConfig:
     batch: int = 64
     lr: float = 2e-3
     weight_decay: float = 0.05
+    optimizer: str = "adamw"         # adamw | sgd (momentum, Nesterov)
+    momentum: float = 0.9            # sgd only
+    preprocess: str = ""             # one-line description (mean/std/interpolation/crop), see parse_preprocess
     warmup_epochs: float = 2.0
     schedule: str = "cosine"         # cosine | step | constant
     label_smoothing: float = 0.1
@@ -53,8 +56,8 @@ class TrainConfig:
     max_train_images: int = 0        # 0 = all (tiny runs for tests)
 
 
-def _cache_key(paths: list[Path], size: int, crop_pct: float) -> str:
-    h = hashlib.sha256(f"{size}:{crop_pct}".encode())
+def _cache_key(paths: list[Path], size: int, crop_pct: float, interpolation: str = "bilinear") -> str:
+    h = hashlib.sha256(f"{size}:{crop_pct}".encode() + (b"" if interpolation == "bilinear" else interpolation.encode()))
     for p in paths:
         st = p.stat()
         h.update(f"{p}:{st.st_size}:{int(st.st_mtime)}".encode())
@@ -65,7 +68,7 @@ def cached_arrays(ds: LabelledSet, pre: Preprocess, size: int, cache_dir: Path |
                   what: str) -> tuple[np.ndarray, np.ndarray]:
     """Decode (or load the cached decode of) a labelled set to NHWC uint8 + labels."""
     cache_dir = cache_dir or Path(os.environ.get("GHOSTEDGE_CACHE", Path.home() / ".cache" / "ghostedge"))
-    key = _cache_key(ds.paths, size, pre.crop_pct)
+    key = _cache_key(ds.paths, size, pre.crop_pct, pre.interpolation)
     f = cache_dir / f"{what}-{key}.npz"
     if f.is_file():
         with np.load(f) as z:
@@ -148,6 +151,8 @@ def train(cfg: TrainConfig, progress: Callable[[str], None] | None = None) -> di
                              "imagenette/train/n01440764/*.JPEG)")
     if cfg.epochs < 1 or cfg.batch < 1 or cfg.img_size < 32 or cfg.lr <= 0:
         raise GhostedgeError("epochs, batch, lr must be positive and img-size at least 32")
+    if cfg.optimizer not in ("adamw", "sgd"):
+        raise GhostedgeError(f"--optimizer {cfg.optimizer!r}: use adamw or sgd")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     gen = _seed_all(cfg.seed)
@@ -160,10 +165,13 @@ def train(cfg: TrainConfig, progress: Callable[[str], None] | None = None) -> di
     wnids = [f if f in wn else "" for f in folders]
     tr = labelled_set(train_dir, folders, [])
     va = labelled_set(val_dir, folders, [])
-    pre = Preprocess(input_size=cfg.eval_img_size or cfg.img_size)
+    pre, _ = parse_preprocess(cfg.preprocess, Preprocess(input_size=cfg.eval_img_size or cfg.img_size))
+    if pre.input_size != (cfg.eval_img_size or cfg.img_size):
+        raise GhostedgeError("--preprocess size= conflicts with --img-size / --eval-img-size: give the size once")
     store = int(round(cfg.img_size / pre.crop_pct))
     t0 = time.time()
-    xtr, ytr = cached_arrays(tr, Preprocess(input_size=store, crop_pct=1.0), store, cfg.cache_dir, "train")
+    xtr, ytr = cached_arrays(tr, Preprocess(input_size=store, crop_pct=1.0, interpolation=pre.interpolation), store,
+                             cfg.cache_dir, "train")
     xva, yva = cached_arrays(va, pre, pre.input_size, cfg.cache_dir, "val")
     if cfg.max_train_images:
         xtr, ytr = xtr[:cfg.max_train_images], ytr[:cfg.max_train_images]
@@ -190,8 +198,9 @@ def train(cfg: TrainConfig, progress: Callable[[str], None] | None = None) -> di
     decay, no_decay = [], []
     for n_, p in model.named_parameters():
         (no_decay if p.ndim <= 1 else decay).append(p)
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=cfg.lr) if cfg.optimizer == "adamw" else \
+        torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
     steps_per_epoch = len(xtr) // cfg.batch
     state_path = Path(str(cfg.out) + ".last.pt")
     start_epoch, best, history = 0, -1.0, []

@@ -48,7 +48,7 @@ def build_torch_tensorrt(cfg, say: Callable[[str], None]):  # noqa: ANN001 (Buil
     if gpu is None or not torch.cuda.is_available():
         raise GhostedgeError("--frontend torch-tensorrt needs a CUDA device and a CUDA build of PyTorch")
     t0 = time.time()
-    model, info = load_model(cfg.weights)
+    model, info = load_model(cfg.weights, spec=cfg.spec)
     model = model.cuda().eval()
     img = cfg.img_size or info.preprocess.input_size
     b0, b1, b2 = cfg.batch
