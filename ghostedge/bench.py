@@ -95,7 +95,37 @@ def _check_file(path: Path) -> None:
                              "ONNX Runtime .onnx engine")
 
 
-def check_plan_manifest(man: dict, trt_version: str | None, gpu: dict | None) -> None:
+#: cross-major moves a version-compatible engine survives (TensorRT's version-compatibility rules)
+VC_MAJOR_STEPS = {(8, 10), (10, 11)}
+
+
+def _vt(v: str) -> tuple[int, ...]:
+    return tuple(int("".join(c for c in p if c.isdigit()) or 0) for p in (str(v).split(".") + ["0", "0"])[:3])
+
+
+def runtime_can_load(built: str, here: str, version_compatible: bool) -> bool:
+    """Same TensorRT, or (version-compatible engines) the same or a later runtime of the same major or one
+    major step on (8 -> 10, 10 -> 11)."""
+    if str(built) == str(here):
+        return True
+    if not version_compatible:
+        return False
+    b, h = _vt(built), _vt(here)
+    return h >= b and (h[0] == b[0] or (b[0], h[0]) in VC_MAJOR_STEPS)
+
+
+def gpu_can_load(man: dict, gpu: dict, here_jetson: bool) -> bool:
+    """Same compute capability, or a hardware-compatible (AMPERE_PLUS) engine on another Ampere+ dGPU."""
+    built_cc = (man.get("gpu") or {}).get("compute_capability")
+    here_cc = gpu.get("compute_capability")
+    if built_cc == here_cc:
+        return True
+    if not man.get("hardware_compat") or here_jetson or man.get("jetpack") or man.get("l4t"):
+        return False
+    return _vt(here_cc or "0")[:2] >= (8, 0) and _vt(built_cc or "0")[:2] >= (8, 0)
+
+
+def check_plan_manifest(man: dict, trt_version: str | None, gpu: dict | None, here_jetson: bool = False) -> None:
     """Explain why a .plan cannot run here, before TensorRT fails to deserialize it."""
     built = f"TensorRT {man.get('tensorrt')} on {(man.get('gpu') or {}).get('gpu', '?')}"
     cc = (man.get("gpu") or {}).get("compute_capability")
@@ -106,9 +136,8 @@ def check_plan_manifest(man: dict, trt_version: str | None, gpu: dict | None) ->
         raise GhostedgeError(f"engine was built with {built}; this machine has no {what}: run bench on the "
                              "board it was built for, or bench the ONNX Runtime engines here")
     here = f"TensorRT {trt_version} on {gpu.get('gpu')} (sm_{str(gpu.get('compute_capability', '')).replace('.', '')})"
-    same_trt = str(man.get("tensorrt")) == trt_version or (
-        man.get("version_compatible") and str(man.get("tensorrt", "")).split(".")[0] == trt_version.split(".")[0])
-    same_gpu = cc == gpu.get("compute_capability") or man.get("hardware_compat")
+    same_trt = runtime_can_load(str(man.get("tensorrt")), trt_version, bool(man.get("version_compatible")))
+    same_gpu = gpu_can_load(man, gpu, here_jetson)
     if not (same_trt and same_gpu):
         raise GhostedgeError(f"engine was built with {built}; this is {here}: rebuild here with ghostedge build")
 
@@ -138,8 +167,11 @@ def open_runner(path: Path, threads: int = 0, cuda_graph: bool = False) -> tuple
         trt_version = str(tensorrt.__version__)
     except ImportError:
         trt_version = None
-    check_plan_manifest(man, trt_version, gpu_info() if trt_version else None)
-    runner = TensorRTRunner(path, cuda_graph=cuda_graph)
+    from .targets import detect
+
+    check_plan_manifest(man, trt_version, gpu_info() if trt_version else None, detect() is not None)
+    runner = TensorRTRunner(path, cuda_graph=cuda_graph, dla_core=man.get("dla_core"),
+                            version_compatible=bool(man.get("version_compatible")))
     runner.precision = man.get("precision", "?")
     return runner, man
 
@@ -152,9 +184,16 @@ def _guess_precision(path: Path) -> str:
 # ---------------------------------------------------------------------------------------------
 # measuring
 
+#: warm-up lasts at least this long (trtexec warms up for 200 ms): a Jetson's DVFS clock ramp and
+#: lazy module loading must not land in the timed p90 / p99
+MIN_WARMUP_S = 0.2
+
+
 def time_runner(runner: BaseRunner, x: np.ndarray, warmup: int, iters: int | None, seconds: float) -> Timing:
-    for _ in range(warmup):
+    t_warm, n = time.perf_counter(), 0
+    while n < warmup or time.perf_counter() - t_warm < MIN_WARMUP_S:
         runner.infer(x)
+        n += 1
     gpu = getattr(runner, "gpu_ms", None)
     if gpu is not None:
         gpu.clear()
@@ -200,9 +239,12 @@ def environment(threads: int) -> dict:
             env["nvpmodel"] = " ".join(q.stdout.split())
         except (OSError, subprocess.SubprocessError):
             pass
-    for f in Path("/sys/devices").glob("**/devfreq/*gpu*/cur_freq") if Path("/etc/nv_tegra_release").exists() else []:
-        env["jetson_gpu_freq_hz"] = f.read_text().strip()
-        break
+    if Path("/etc/nv_tegra_release").exists():
+        from .targets import jetson_gpu_clock
+
+        clk = jetson_gpu_clock()
+        if clk:
+            env["jetson_gpu_clock"] = clk   # cur/min/max Hz and whether jetson_clocks pinned it
     return env
 
 
@@ -235,9 +277,19 @@ def _eval_inputs(cfg: BenchConfig, info: ModelInfo, size: int) -> tuple[np.ndarr
 
 
 def _logits(runner: BaseRunner, x: np.ndarray, batch: int) -> np.ndarray:
-    mb = runner.max_batch() or batch
-    b = min(batch, mb)
-    return np.concatenate([runner.infer(x[i:i + b]) for i in range(0, len(x), b)])
+    """All of x in chunks the engine accepts; a last chunk below the profile minimum (a static engine,
+    a DLA engine) is padded to it with copies of its last image and trimmed afterwards."""
+    b = min(batch, runner.max_batch() or batch)
+    lo = runner.min_batch() or 1
+    b = max(b, lo)
+    outs = []
+    for i in range(0, len(x), b):
+        xb = x[i:i + b]
+        n = len(xb)
+        if n < lo:
+            xb = np.concatenate([xb, np.repeat(xb[-1:], lo - n, axis=0)])
+        outs.append(runner.infer(xb)[:n])
+    return np.concatenate(outs)
 
 
 def bench(cfg: BenchConfig, say: Callable[[str], None] = lambda s: None) -> dict:
@@ -279,12 +331,13 @@ def bench(cfg: BenchConfig, say: Callable[[str], None] = lambda s: None) -> dict
         raise GhostedgeError(f"--img-size {size} is too small: GhostNet downsamples 32x, use >= 32")
     check_batch(max(cfg.batches), size, info.width if info else 1.0)
     for p, r, m in opened:
-        mb = None
         if m and m.get("batch") and p.suffix != ".onnx":
-            mb = m["batch"][2]
-        if mb is not None and max(cfg.batches) > mb:
-            raise GhostedgeError(f"--batch {max(cfg.batches)} exceeds {p.name}'s profile (max {mb}): rebuild with "
-                                 f"--batch 1:{max(cfg.batches)}:{max(cfg.batches)} or bench smaller batches")
+            lo, hi = m["batch"][0], m["batch"][2]
+            bad = [b for b in cfg.batches if not lo <= b <= hi]
+            if bad:
+                raise GhostedgeError(f"--batch {','.join(map(str, bad))} is outside {p.name}'s profile (batch "
+                                     f"{lo}..{hi}): bench --batch {lo if lo == hi else f'{lo},{hi}'}, or rebuild with "
+                                     f"--batch {min(min(bad), lo)}:{lo}:{max(max(bad), hi)}")
         if m and m.get("img_size") and p.suffix != ".onnx" and m["img_size"] != size:
             raise GhostedgeError(f"{p.name} was built for {m['img_size']} px, not {size}: pass --img-size "
                                  f"{m['img_size']} or rebuild with --img-size {size}")

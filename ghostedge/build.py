@@ -10,32 +10,21 @@ import datetime as _dt
 import platform
 import shlex
 import time
-from dataclasses import dataclass, field
-from enum import Enum
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
 import onnx
 
 from . import __version__
+from .backends.common import Backend, BuildResult, Precision  # noqa: F401  (re-exported)
 from .errors import GhostedgeError, write_bytes_atomic
 from .export import INPUT_NAME, fp16_onnx, read_onnx_info
 from .manifest import cpu_name, file_sha256, write_manifest
 from .model import ModelSpec, check_against
-from .quantize import CACHE_NAME, FP32_NAME, INT8_NAME, RECORD_NAME, calib_cache_text, load_record, parse_calib_cache
+from .quantize import CACHE_NAME, FP32_NAME, INT8_NAME, RECORD_NAME, calib_cache_text, load_record, \
+    parse_calib_cache, trt_version_int
 from .targets import Platform, check_dla, resolve
-
-
-class Backend(str, Enum):
-    auto = "auto"
-    tensorrt = "tensorrt"
-    onnxruntime = "onnxruntime"
-
-
-class Precision(str, Enum):
-    fp32 = "fp32"
-    fp16 = "fp16"
-    int8 = "int8"
 
 
 #: ONNX Runtime CPU INT8: layers left in FP32 because int8 is slower there (measured: the 3-channel stem
@@ -49,7 +38,7 @@ class BuildConfig:
     precision: Precision = Precision.int8
     backend: Backend = Backend.auto
     target: str = "auto"
-    batch: tuple[int, int, int] = (1, 8, 32)
+    batch: tuple[int, int, int] | None = None   # None: 1:8:32, or a static DLA_BATCH for DLA
     img_size: int | None = None
     workspace_mib: int | None = None
     dla_core: int | None = None
@@ -66,16 +55,15 @@ class BuildConfig:
     spec: ModelSpec | None = None   # --preprocess / --classes: checked against the ONNX's description
 
 
-@dataclass
-class BuildResult:
-    engine: Path
-    manifest: Path
-    backend: str
-    precision: str
-    seconds: float
-    notes: list[str] = field(default_factory=list)
-    trtexec: str | None = None
-    dla_fallback_layers: list[str] = field(default_factory=list)
+DEFAULT_BATCH = (1, 8, 32)
+#: DLA engines need a static shape (min = opt = max); this one unless --batch says otherwise
+DLA_BATCH = (8, 8, 8)
+
+
+def resolve_batch(cfg: BuildConfig) -> tuple[int, int, int]:
+    if cfg.batch is not None:
+        return tuple(cfg.batch)  # type: ignore[return-value]
+    return DLA_BATCH if cfg.dla_core is not None else DEFAULT_BATCH
 
 
 def parse_batch(spec: str) -> tuple[int, int, int]:
@@ -115,11 +103,10 @@ def tensorrt_available() -> tuple[bool, str]:
         import tensorrt  # noqa: F401
     except ImportError:
         return False, "TensorRT is not installed"
-    from .backends.tensorrt import gpu_info
+    from .backends.tensorrt import cuda_probe
 
-    if gpu_info() is None:
-        return False, "no CUDA device (or no CUDA Python binding) was found"
-    return True, ""
+    gpu, why = cuda_probe()
+    return gpu is not None, why
 
 
 def choose_backend(cfg: BuildConfig, say: Callable[[str], None]) -> Backend:
@@ -128,34 +115,54 @@ def choose_backend(cfg: BuildConfig, say: Callable[[str], None]) -> Backend:
     ok, why = tensorrt_available()
     if ok:
         return Backend.tensorrt
+    if why not in ("TensorRT is not installed", "no CUDA device was found"):
+        # TensorRT is here and CUDA is broken (e.g. a cuda-python newer than the driver): falling back to the
+        # CPU would hide that and fail later with a CPU message
+        raise GhostedgeError(f"TensorRT is installed but CUDA is not usable: {why} (or pass --backend onnxruntime "
+                             "to build for this CPU)")
     say(f"{why}: building for ONNX Runtime on this CPU instead (--backend auto)")
     return Backend.onnxruntime
 
 
 def trtexec_command(onnx_name: str, cfg: BuildConfig, plat: Platform, engine_name: str, img: int,
-                    trt_major: int = 10) -> str:
-    """The trtexec line that builds the same engine on a board where ghostedge itself cannot run."""
-    b0, b1, b2 = cfg.batch
+                    trt_version: tuple[int, ...] = (10, 3, 0), strong: bool = False,
+                    cache_name: str | None = None) -> str:
+    """The trtexec line that builds the same engine, for the TensorRT version it will run on.
+
+    ``strong``: the engine was built strongly typed from ``onnx_name`` (an FP16-typed ONNX): no precision
+    flags, ``--stronglyTyped`` on 10.x (11.x is always strongly typed and has neither flag)."""
+    b0, b1, b2 = resolve_batch(cfg)
+    major = trt_version[0]
     shape = lambda b: f"{INPUT_NAME}:{b}x3x{img}x{img}"  # noqa: E731
-    args = ["trtexec", f"--onnx={onnx_name}", f"--saveEngine={engine_name}",
-            f"--minShapes={shape(b0)}", f"--optShapes={shape(b1)}", f"--maxShapes={shape(b2)}",
-            "--profilingVerbosity=detailed"]
-    if trt_major < 11:
+    args = ["trtexec", f"--onnx={onnx_name}", f"--saveEngine={engine_name}"]
+    if b0 == b2:
+        args.append(f"--shapes={shape(b0)}")
+    else:
+        args += [f"--minShapes={shape(b0)}", f"--optShapes={shape(b1)}", f"--maxShapes={shape(b2)}"]
+    args.append("--profilingVerbosity=detailed")
+    if strong or major >= 11:
+        if major < 11:
+            args.append("--stronglyTyped")
+    else:
         if cfg.precision in (Precision.fp16, Precision.int8):
             args.append("--fp16")
         if cfg.precision == Precision.int8:
             args.append("--int8")
-        if cfg.calib_cache:
-            args.append(f"--calib={CACHE_NAME}")
-    else:
-        args.append("--stronglyTyped")
+        if cache_name:
+            args.append(f"--calib={cache_name}")
     ws = cfg.workspace_mib or (plat.target.workspace // (1 << 20) if plat.target.workspace else None)
     if ws:
-        args.append(f"--memPoolSize=workspace:{ws}M" if trt_major >= 10 else f"--memPoolSize=workspace:{ws}")
+        args.append(f"--memPoolSize=workspace:{ws}M" if major >= 10 else f"--memPoolSize=workspace:{ws}")
     if cfg.dla_core is not None:
         args.append(f"--useDLACore={cfg.dla_core}")
         if cfg.gpu_fallback:
             args.append("--allowGPUFallback")
+    if cfg.opt_level is not None:
+        args.append(f"--builderOptimizationLevel={cfg.opt_level}")
+    if cfg.hardware_compat:
+        args.append("--hardwareCompatibilityLevel=ampere+")
+    if cfg.version_compatible:
+        args.append("--versionCompatible")
     if cfg.timing_cache:
         args.append(f"--timingCacheFile={cfg.timing_cache.name}")
     return " ".join(shlex.quote(a) for a in args)
@@ -171,7 +178,7 @@ def _common_manifest(cfg: BuildConfig, src: Path, record: dict | None, info_src:
         "calibration": ({"fingerprint": record["data"]["fingerprint"], "method": record["method"],
                          "record_sha256": file_sha256(cfg.engines / RECORD_NAME)} if record else None),
         "model": info.to_dict() if info else None,
-        "batch": list(cfg.batch),
+        "batch": list(resolve_batch(cfg)),
         "host": {"machine": platform.machine(), "cpu": cpu_name(), "python": platform.python_version()},
     }
 
@@ -207,73 +214,142 @@ def build_onnxruntime(cfg: BuildConfig, say: Callable[[str], None]) -> BuildResu
     return BuildResult(out, mp, "onnxruntime", cfg.precision.value, round(time.time() - t0, 1))
 
 
+def _check_hardware_compat(cfg: BuildConfig, plat: Platform, gpu: dict | None) -> None:
+    """AMPERE_PLUS engines are for Ampere and later discrete GPUs: not Xavier (sm_72), not JetPack."""
+    if not cfg.hardware_compat:
+        return
+    if plat.target.jetson:
+        raise GhostedgeError(f"--hardware-compat is not supported on Jetson ({plat.target.description}): build on "
+                             "each board instead")
+    cc = (gpu or {}).get("compute_capability")
+    if cc and tuple(int(x) for x in cc.split(".")[:2]) < (8, 0):
+        raise GhostedgeError(f"--hardware-compat (AMPERE_PLUS) needs an Ampere or later GPU; this one is sm_"
+                             f"{cc.replace('.', '')}: leave it out")
+
+
+def _cache_stamp_warning(cache: Path, plat: Platform, say: Callable[[str], None]) -> None:
+    """trtexec skips a calibration cache stamped for another TensorRT and then calibrates on random data."""
+    if not plat.expected_trt or not cache.is_file():
+        return
+    header, _ = parse_calib_cache(cache.read_text())
+    want = f"TRT-{trt_version_int(plat.expected_trt)}-"
+    if not header.startswith(want):
+        say(f"warning: {cache.name} is stamped {header.split('-EntropyCalibration')[0]}, this board's TensorRT is "
+            f"{plat.expected_trt}: trtexec would ignore it and calibrate on random data; rerun ghostedge quantize "
+            f"--cache-trt-version {plat.expected_trt} (or --target auto on the board)")
+
+
 def build_tensorrt(cfg: BuildConfig, say: Callable[[str], None], trt=None, gpu: dict | None = None) -> BuildResult:
     """``trt`` / ``gpu``: the TensorRT module and device description (default: import / query them)."""
-    from .backends.tensorrt import TrtBuildSettings, build_serialized, gpu_info, import_tensorrt, \
-        use_strong_typing, version_tuple
+    from .backends.tensorrt import TrtBuildSettings, build_serialized, cuda_probe, dla_explicit_int8, \
+        dla_supported, import_tensorrt, use_strong_typing, version_tuple
 
     t0 = time.time()
     plat = resolve(cfg.target)
     check_dla(plat, cfg.dla_core)
+    batch = resolve_batch(cfg)
+    dla = cfg.dla_core is not None
+    if dla and len(set(batch)) != 1:
+        raise GhostedgeError(f"--dla-core needs a static shape (DLA: min = opt = max), not --batch "
+                             f"{':'.join(map(str, batch))}: pass --batch N (e.g. --batch {batch[1]})")
     if cfg.precision.value not in plat.target.precisions:
         raise GhostedgeError(f"{plat.target.description} does not support {cfg.precision.value}")
-    src = _need(cfg.engines / (INT8_NAME if cfg.precision == Precision.int8 and not cfg.calib_cache
-                               else FP32_NAME), "the ONNX to build from")
-    info = read_onnx_info(src)
+    _check_hardware_compat(cfg, plat, gpu)
+    calib_cache = cfg.calib_cache
+    if calib_cache is not None and cfg.precision != Precision.int8:
+        raise GhostedgeError("--calib-cache is for --int8 builds")
+    info_src = _need(cfg.engines / FP32_NAME, "the FP32 ONNX")
+    info = read_onnx_info(info_src)
     img = cfg.img_size or (info.preprocess.input_size if info else 224)
     out = cfg.out or cfg.engines / "ghostnet.plan"
-    record = _record_for(cfg.engines, src) if cfg.precision == Precision.int8 else None
-    cache_bytes = None
-    if cfg.calib_cache is not None:
-        if cfg.precision != Precision.int8:
-            raise GhostedgeError("--calib-cache is for --int8 builds")
-        if not cfg.calib_cache.is_file():
-            raise GhostedgeError(f"--calib-cache {cfg.calib_cache} not found: run ghostedge quantize first")
-        _, scales = parse_calib_cache(cfg.calib_cache.read_text())
     try:
         trt = trt or import_tensorrt()
     except GhostedgeError:
-        cmd = trtexec_command(src.name, cfg, plat, out.name, img)
+        uses_cache = calib_cache is not None or (dla and cfg.precision == Precision.int8)
+        src_name = FP32_NAME if uses_cache or cfg.precision != Precision.int8 else INT8_NAME
+        if uses_cache:
+            _cache_stamp_warning(calib_cache or cfg.engines / CACHE_NAME, plat, say)
+        exp = version_tuple_str(plat.expected_trt) if plat.expected_trt else (10, 3, 0)
+        cmd = trtexec_command(src_name, replace(cfg, batch=batch), plat, out.name, img, exp,
+                              cache_name=CACHE_NAME if uses_cache else None)
         raise GhostedgeError(f"TensorRT is not installed here: build on the target board instead: copy "
                              f"{cfg.engines}/*.onnx and {cfg.engines}/ghostnet.calib.* there and run "
-                             f"`ghostedge build` (or: {cmd}; on TensorRT 11 use --stronglyTyped instead of "
-                             "--fp16/--int8); or use --backend onnxruntime here") from None
+                             f"`ghostedge build` (or: {cmd}; TensorRT 10.12+ and 11 build strongly typed from the "
+                             "FP16-typed ONNX that ghostedge build writes, without --fp16/--int8/--calib); or use "
+                             "--backend onnxruntime here") from None
     ver = version_tuple(trt)
-    gpu = gpu or gpu_info()
+    if dla and not dla_supported(ver):
+        raise GhostedgeError(f"--dla-core: TensorRT {trt.__version__} cannot build for DLA (10.7 was the last 10.x "
+                             "release with DLA; 11.0-11.3 have none): build for the GPU, or use JetPack 6 / 5")
+    if dla and cfg.precision == Precision.int8 and calib_cache is None and not dla_explicit_int8(ver):
+        # TensorRT 8.x runs INT8 on DLA only from implicit calibration: the cache made from the same ranges
+        calib_cache = _need(cfg.engines / CACHE_NAME, "the calibration cache (DLA INT8 on TensorRT 8.x)")
+        say(f"DLA INT8 on TensorRT {trt.__version__}: explicit Q/DQ is not supported there, building implicit INT8 "
+            f"from the FP32 ONNX and {CACHE_NAME} (the same calibration)")
+    src = _need(cfg.engines / (INT8_NAME if cfg.precision == Precision.int8 and calib_cache is None
+                               else FP32_NAME), "the ONNX to build from")
+    record = _record_for(cfg.engines, src) if cfg.precision == Precision.int8 else None
     if gpu is None:
-        raise GhostedgeError("no CUDA device found: TensorRT engines are built on the GPU they run on; build "
-                             f"on the target (copy {cfg.engines}/*.onnx and the calibration files there)")
-    if cfg.calib_cache is not None:
-        # restamp the header for the TensorRT that reads it, scales unchanged
-        cache_bytes = calib_cache_text({k: v * 127.0 for k, v in scales.items()},
-                                       ".".join(map(str, ver))).encode()
-    strong = use_strong_typing(trt, cfg.precision.value, cache_bytes is not None, cfg.dla_core is not None)
+        gpu, why = cuda_probe()
+        if gpu is None:
+            raise GhostedgeError(f"{why}: TensorRT engines are built on the GPU they run on; build on the target "
+                                 f"(copy {cfg.engines}/*.onnx and the calibration files there)")
+    _check_hardware_compat(cfg, plat, gpu)
+    cache_bytes = cache_out = None
+    if calib_cache is not None:
+        if not calib_cache.is_file():
+            raise GhostedgeError(f"--calib-cache {calib_cache} not found: run ghostedge quantize first")
+        header, scales = parse_calib_cache(calib_cache.read_text())
+        here = ".".join(map(str, ver))
+        if not header.startswith(f"TRT-{trt_version_int(here)}-"):
+            say(f"{calib_cache.name} is stamped {header.split('-EntropyCalibration')[0]}; restamped for TensorRT {here} "
+                "(scales unchanged)")
+        # restamp the header for the TensorRT that reads it, scales unchanged; kept beside the engine for trtexec
+        cache_bytes = calib_cache_text({k: v * 127.0 for k, v in scales.items()}, here).encode()
+        cache_out = out.with_name(out.stem + ".calib.cache")
+    strong = use_strong_typing(trt, cfg.precision.value, cache_bytes is not None, dla)
     model = onnx.load(str(src))
+    built_from = src
     if strong and cfg.precision != Precision.fp32:
         model = fp16_onnx(model)
+        built_from = out.with_name(out.stem + ".fp16-typed.onnx")
     ws = (cfg.workspace_mib << 20) if cfg.workspace_mib else plat.target.workspace
-    s = TrtBuildSettings(precision=cfg.precision.value, batch=cfg.batch, img_size=img, workspace=ws,
+    s = TrtBuildSettings(precision=cfg.precision.value, batch=batch, img_size=img, workspace=ws,
                          dla_core=cfg.dla_core, gpu_fallback=cfg.gpu_fallback, timing_cache=cfg.timing_cache,
                          opt_level=cfg.opt_level, hardware_compat=cfg.hardware_compat,
-                         version_compatible=cfg.version_compatible, calib_cache=cache_bytes)
+                         version_compatible=cfg.version_compatible, calib_cache=cache_bytes,
+                         warn=lambda m: say(f"warning: {m}"))
     say(f"building with TensorRT {trt.__version__} ({'strongly' if strong else 'weakly'} typed) for "
         f"{plat.target.description}")
     data, rep = build_serialized(trt, model.SerializeToString(), s)
+    # the exact inputs the engine was built from, beside it, so the printed trtexec line reproduces it
+    if built_from != src:
+        write_bytes_atomic(built_from, model.SerializeToString())
+    if cache_out is not None:
+        write_bytes_atomic(cache_out, cache_bytes)
     write_bytes_atomic(out, data)
-    man = _common_manifest(cfg, src, record, src)
+    man = _common_manifest(cfg, src, record, info_src)
+    trtexec = trtexec_command(built_from.name, replace(cfg, batch=batch), plat, out.name, img, ver, strong,
+                              cache_out.name if cache_out else None)
     man.update({
+        "batch": list(batch),
         "backend": "tensorrt", "tensorrt": str(trt.__version__), "strongly_typed": rep.strongly_typed,
         "flags": rep.flags, "gpu": gpu, "target": plat.target.name, "board": plat.board, "l4t": plat.l4t,
         "jetpack": plat.jetpack, "img_size": img, "workspace": ws, "dla_core": cfg.dla_core,
-        "gpu_fallback": cfg.gpu_fallback, "dla_fallback_layers": rep.dla_fallback_layers,
+        "num_dla_cores": rep.num_dla_cores, "gpu_fallback": cfg.gpu_fallback,
+        "dla_fallback_layers": rep.dla_fallback_layers,
         "opt_level": cfg.opt_level, "hardware_compat": cfg.hardware_compat,
-        "version_compatible": cfg.version_compatible, "calib_cache": bool(cache_bytes),
-        "build_seconds": rep.seconds,
+        "version_compatible": cfg.version_compatible, "calib_cache": cache_out.name if cache_out else None,
+        "built_from_onnx": {"path": built_from.name, "sha256": file_sha256(built_from)},
+        "timing_cache": rep.timing_cache, "trtexec": trtexec, "build_seconds": rep.seconds,
     })
     mp = write_manifest(out, man)
-    return BuildResult(out, mp, "tensorrt", cfg.precision.value, round(time.time() - t0, 1),
-                       trtexec=trtexec_command(src.name, cfg, plat, out.name, img, ver[0]),
+    return BuildResult(out, mp, "tensorrt", cfg.precision.value, round(time.time() - t0, 1), trtexec=trtexec,
                        dla_fallback_layers=rep.dla_fallback_layers)
+
+
+def version_tuple_str(v: str) -> tuple[int, ...]:
+    return tuple(int("".join(c for c in p if c.isdigit()) or 0) for p in (v.split(".") + ["0", "0"])[:3])
 
 
 def build(cfg: BuildConfig, say: Callable[[str], None] = lambda s: None) -> BuildResult:

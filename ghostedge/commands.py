@@ -201,12 +201,16 @@ def quantize(
         help="top-1 drop budget (points); the most sensitive layers stay in float until it is met")] = None,
     seed: Annotated[int, typer.Option()] = 0,
     threads: Annotated[int, typer.Option(help="CPU threads (0 = all)")] = 0,
-    cache_trt_version: Annotated[str, typer.Option(help="TensorRT version stamped into the calibration cache")] = "8.6.1",
+    cache_trt_version: Annotated[Optional[str], typer.Option(
+        help="TensorRT version stamped into the legacy calibration cache (default: the --target's)")] = None,
+    target: Annotated[str, typer.Option(
+        help="board the calibration cache is for: auto (this Jetson, else JetPack 5.1's TensorRT 8.5.2, the one "
+             "that needs the cache for DLA INT8) or a --target preset of ghostedge build")] = "auto",
     as_json: JsonOpt = False,
 ) -> None:
     """INT8 post-training quantization: Q/DQ ONNX + calibration record + TensorRT cache, drift measured."""
     from .calibrate import Method
-    from .quantize import QuantizeConfig
+    from .quantize import QuantizeConfig, cache_trt_for
 
     try:
         m = Method(method)
@@ -215,7 +219,8 @@ def quantize(
     cfg = QuantizeConfig(calib=calib, out=out_dir, weights=weights, num_classes=num_classes,
                          spec=model_spec(num_classes, preprocess, classes), method=m,
                          percentile=percentile, num_images=num_images, batch=batch, eval_dir=eval_dir,
-                         max_drop=max_drop, seed=seed, threads=threads, trt_version=cache_trt_version)
+                         max_drop=max_drop, seed=seed, threads=threads,
+                         trt_version=cache_trt_for(target, cache_trt_version))
     res = _quantize_with_progress(cfg)
     if as_json:
         _print_json(res.to_dict())
@@ -279,7 +284,8 @@ def build(
     backend: Annotated[str, typer.Option(help="auto | tensorrt | onnxruntime")] = "auto",
     target: Annotated[str, typer.Option(help="auto | orin-nano | orin-nx | agx-orin | xavier-nx | agx-xavier | "
                                              "thor | dgpu")] = "auto",
-    batch: Annotated[str, typer.Option(help="N (static) or MIN:OPT:MAX (dynamic profile)")] = "1:8:32",
+    batch: Annotated[Optional[str], typer.Option(
+        help="N (static) or MIN:OPT:MAX (dynamic profile); default 1:8:32, or 8 (static) with --dla-core")] = None,
     img_size: Annotated[Optional[int], typer.Option(help="input size (default: the model's)")] = None,
     workspace: Annotated[Optional[int], typer.Option(help="workspace pool limit in MiB (default: target's cap)")] = None,
     dla_core: Annotated[Optional[int], typer.Option(help="build for this DLA core (Jetson)")] = None,
@@ -317,7 +323,8 @@ def build(
     if workspace is not None and workspace < 1:
         raise GhostedgeError("--workspace must be a positive number of MiB")
     cfg = BuildConfig(engines=engines, precision=Precision(chosen[0] if chosen else "int8"), backend=be,
-                      target=target, batch=parse_batch(batch), img_size=img_size, workspace_mib=workspace,
+                      target=target, batch=parse_batch(batch) if batch else None, img_size=img_size,
+                      workspace_mib=workspace,
                       dla_core=dla_core, gpu_fallback=gpu_fallback, timing_cache=timing_cache,
                       opt_level=opt_level, hardware_compat=hardware_compat,
                       version_compatible=version_compatible, calib_cache=calib_cache, out=out_path,
@@ -462,7 +469,7 @@ def pipeline(
     from .bench import bench as run_bench, gate
     from .build import Backend, BuildConfig, Precision, build as run_build
     from .calibrate import Method
-    from .quantize import QuantizeConfig
+    from .quantize import QuantizeConfig, cache_trt_for
     from .report import check_plot_available
 
     if plot:
@@ -475,7 +482,8 @@ def pipeline(
     _say("[1/3] quantize")
     q = _quantize_with_progress(QuantizeConfig(calib=calib, out=engines, weights=weights, num_classes=num_classes,
                                                spec=model_spec(num_classes, preprocess, classes), method=m,
-                                               num_images=num_images, batch=calib_batch, threads=threads))
+                                               num_images=num_images, batch=calib_batch, threads=threads,
+                                               trt_version=cache_trt_for()))
     _say(f"  INT8 vs FP32 on {q.drift_set}: agreement {q.drift.agreement:.2f}%")
     _say("[2/3] build")
     from .build import choose_backend

@@ -25,6 +25,8 @@ OPSET = 17
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 PARITY_ATOL = 1e-4
+#: FP16's smallest normal number (2**-14): the floor for Q/DQ scales in FP16-typed graphs
+FP16_MIN_NORMAL = 2.0 ** -14
 METADATA_KEY = "ghostedge"
 
 
@@ -234,10 +236,15 @@ def fp16_onnx(model: onnx.ModelProto) -> onnx.ModelProto:
     m = onnx.ModelProto()
     m.CopyFrom(model)
     g = m.graph
+    scales = {n.input[1] for n in g.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")}
     for i, init in enumerate(g.initializer):
         if init.data_type == onnx.TensorProto.FLOAT:
-            arr = numpy_helper.to_array(init)
-            g.initializer[i].CopyFrom(numpy_helper.from_array(arr.astype(np.float16), init.name))
+            arr = numpy_helper.to_array(init).astype(np.float16)
+            if init.name in scales:
+                # TensorRT needs strictly positive scales; a dead channel's scale (1e-8/127 in FP32) would
+                # underflow to 0 in FP16: floor it at FP16's smallest normal (its weights are ~0 anyway)
+                arr = np.maximum(arr, np.float16(FP16_MIN_NORMAL))
+            g.initializer[i].CopyFrom(numpy_helper.from_array(arr, init.name))
     del g.value_info[:]
     inp, outp = g.input[0].name, g.output[0].name
     cast_in, cast_out = f"{inp}_fp16", f"{outp}_fp16"
@@ -250,10 +257,11 @@ def fp16_onnx(model: onnx.ModelProto) -> onnx.ModelProto:
                 n.output[k] = cast_out
     g.node.insert(0, helper.make_node("Cast", [inp], [cast_in], name="input_to_fp16", to=onnx.TensorProto.FLOAT16))
     g.node.append(helper.make_node("Cast", [cast_out], [outp], name="output_to_fp32", to=onnx.TensorProto.FLOAT))
-    if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in g.node):
+    if scales:
         for op in m.opset_import:
             if op.domain in ("", "ai.onnx"):
                 op.version = max(op.version, 19)
+        m.ir_version = max(m.ir_version, 9)  # opset 19 belongs to IR version 9
     onnx.checker.check_model(m)
     onnx.shape_inference.infer_shapes(m, check_type=True, strict_mode=True)
     return m

@@ -33,8 +33,9 @@ RECORD_NAME = "ghostnet.calib.json"
 CACHE_NAME = "ghostnet.calib.cache"
 REPORT_NAME = "ghostnet.quant.json"
 RECORD_FORMAT = "ghostedge-calib/1"
-#: the TensorRT version stamped into the legacy cache header unless told otherwise (8.6.1 -> 8601)
-DEFAULT_CACHE_TRT = "8.6.1"
+#: the TensorRT version stamped into the legacy cache header unless the target says otherwise: JetPack
+#: 5.1's 8.5.2 (-> 8502), where implicit INT8 from the cache is the only DLA INT8 path
+DEFAULT_CACHE_TRT = "8.5.2"
 #: nodes left in floating point by default: the squeeze-excite 1x1 convs run on a 1x1 map, so INT8
 #: buys nothing there and costs accuracy (DESIGN.md: SE nets lose accuracy under naive PTQ)
 DEFAULT_EXCLUDE_PATTERNS = ("/se/",)
@@ -86,6 +87,19 @@ def trt_version_int(version: str) -> int:
     parts = [int(p) for p in (version.split(".") + ["0", "0"])[:3]]
     major, minor, patch = parts
     return major * 1000 + minor * 100 + patch if major < 10 else major * 10000 + minor * 100 + patch
+
+
+def cache_trt_for(target: str = "auto", explicit: str | None = None) -> str:
+    """The TensorRT version to stamp the cache for: --cache-trt-version, else the detected Jetson's, else the
+    preset's (TensorRT rejects a cache stamped for another version and trtexec then calibrates on noise)."""
+    from .targets import resolve
+
+    if explicit:
+        if not all(p.isdigit() for p in explicit.split(".")) or len(explicit.split(".")) < 2:
+            raise GhostedgeError(f"--cache-trt-version {explicit!r}: use a TensorRT version such as 8.5.2 or 10.3.0")
+        return explicit
+    plat = resolve(target)
+    return plat.expected_trt or plat.target.cache_trt or DEFAULT_CACHE_TRT
 
 
 def calib_cache_text(amax: dict[str, float], trt_version: str = DEFAULT_CACHE_TRT) -> str:
@@ -288,6 +302,7 @@ def quantize(cfg: QuantizeConfig, progress: Callable[[str, int, int], None] | No
                   "classes": info.classes},
         "tools": tool_versions(),
         "excluded_nodes": excluded,
+        "cache_trt_version": cfg.trt_version,
         "quantization": {"weights": "int8 symmetric per-channel axis 0",
                          "activations": "int8 symmetric per-tensor (TensorRT); min/max kept for asymmetric backends"},
         "tensors": {n: {"min": s.min, "max": s.max, "amax": amax[n], "scale": max(amax[n], 1e-8) / QMAX}

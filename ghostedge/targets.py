@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,7 @@ class Target:
     precisions: tuple[str, ...]
     compute_capability: str | None = None
     jetson: bool = True
+    cache_trt: str | None = None  # TensorRT a legacy calibration cache is stamped for (implicit INT8 users)
 
 
 TARGETS: dict[str, Target] = {t.name: t for t in (
@@ -29,7 +31,7 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
     Target("agx-orin", "Jetson AGX Orin (32/64 GB)", 2, 4 * GiB, ("fp32", "fp16", "int8"), "8.7"),
     Target("xavier-nx", "Jetson Xavier NX (8/16 GB)", 2, 1 * GiB, ("fp32", "fp16", "int8"), "7.2"),
     Target("agx-xavier", "Jetson AGX Xavier (32/64 GB)", 2, 2 * GiB, ("fp32", "fp16", "int8"), "7.2"),
-    Target("thor", "Jetson AGX Thor (no DLA)", 0, 8 * GiB, ("fp32", "fp16", "int8"), "11.0"),
+    Target("thor", "Jetson AGX Thor (no DLA)", 0, 8 * GiB, ("fp32", "fp16", "int8"), "11.0", cache_trt="10.13"),
     Target("dgpu", "discrete / data-centre NVIDIA GPU", 0, None, ("fp32", "fp16", "int8"), None, jetson=False),
 )}
 
@@ -40,13 +42,24 @@ _MODEL_PATTERNS = (
     ("jetson-agx", "agx-xavier"), ("xavier", "agx-xavier"),
 )
 
-# L4T release (major, minor) -> (JetPack, TensorRT it ships)
+# L4T release -> (JetPack, TensorRT it ships). Keys are (major, minor, patch) where the patch decides,
+# else (major, minor); from NVIDIA's JetPack archive as jtop (jetson_variables.py) and jetson-containers
+# (l4t_version.py) read it. JetPack 7.2 (L4T R39) ships TensorRT 10.16; 11.4 arrives with 7.2.2.
 L4T_TO_JETPACK = {
     (35, 1): ("5.0.2", "8.4.1"), (35, 2): ("5.1", "8.5.2"), (35, 3): ("5.1.1", "8.5.2"),
     (35, 4): ("5.1.2", "8.5.2"), (35, 5): ("5.1.3", "8.5.2"), (35, 6): ("5.1.4", "8.5.2"),
-    (36, 2): ("6.0 DP", "8.6.2"), (36, 3): ("6.0", "8.6.2"), (36, 4): ("6.1/6.2", "10.3.0"),
-    (38, 2): ("7.0", "10.13"), (38, 3): ("7.1", "10.13"), (38, 4): ("7.2", "10.16"),
+    (35, 6, 1): ("5.1.5", "8.5.2"), (35, 6, 2): ("5.1.5", "8.5.2"),
+    (36, 2): ("6.0 DP", "8.6.2"), (36, 3): ("6.0", "8.6.2"), (36, 4): ("6.1", "10.3.0"),
+    (36, 4, 2): ("6.1.1", "10.3.0"), (36, 4, 3): ("6.2", "10.3.0"), (36, 4, 4): ("6.2.1", "10.3.0"),
+    (36, 4, 7): ("6.2.1", "10.3.0"), (36, 5): ("6.2.2", "10.3.0"),
+    (38, 2): ("7.0", "10.13"), (38, 4): ("7.1", "10.13"),
+    (39, 0): ("7.2", "10.16"), (39, 1): ("7.2", "10.16"), (39, 2): ("7.2.2", "11.4"),
 }
+
+
+def jetpack_for(v: tuple[int, int, int]) -> tuple[str, str] | None:
+    """(JetPack, TensorRT) for an L4T release, the patch-level entry first."""
+    return L4T_TO_JETPACK.get(v) or L4T_TO_JETPACK.get(v[:2])
 
 
 @dataclass
@@ -81,13 +94,17 @@ def detect(root: Path = Path("/")) -> Platform | None:
     if not model_file.is_file() and not release.is_file():
         return None
     board = model_file.read_bytes().decode(errors="replace").strip("\x00\n ") if model_file.is_file() else ""
-    target = preset_for_board(board) or TARGETS["agx-orin"]
+    target = preset_for_board(board)
+    if target is None:
+        warnings.warn(f"unrecognised Jetson board {board or '(no /proc/device-tree/model)'!r}: using the agx-orin "
+                      "preset (workspace cap, DLA cores); pass --target to choose the right one", stacklevel=2)
+        target = TARGETS["agx-orin"]
     plat = Platform(target=target, board=board or None)
     if release.is_file():
         v = parse_l4t(release.read_text(errors="replace"))
         if v:
             plat.l4t = ".".join(map(str, v))
-            jp = L4T_TO_JETPACK.get(v[:2])
+            jp = jetpack_for(v)
             if jp:
                 plat.jetpack, plat.expected_trt = jp
     return plat
@@ -103,11 +120,48 @@ def resolve(name: str, root: Path = Path("/")) -> Platform:
 
 
 def check_dla(plat: Platform, dla_core: int | None) -> None:
+    """Boards without DLA refuse --dla-core before anything is built. How many cores the device really has
+    is asked from TensorRT at build time (``builder.num_DLA_cores``): presets disagree with some modules
+    (the Orin NX 8 GB has one)."""
     if dla_core is None:
         return
     t = plat.target
     if t.dla_cores == 0:
         raise GhostedgeError(f"--dla-core {dla_core}: {t.description} has no DLA: leave out --dla-core to "
                              "build for the GPU")
-    if not 0 <= dla_core < t.dla_cores:
-        raise GhostedgeError(f"--dla-core {dla_core}: {t.description} has DLA cores 0..{t.dla_cores - 1}")
+    if dla_core < 0:
+        raise GhostedgeError(f"--dla-core {dla_core}: DLA cores are numbered from 0")
+
+
+def jetson_gpu_clock(root: Path = Path("/")) -> dict | None:
+    """The Jetson GPU's devfreq clock, read as jtop reads it (``/sys/class/devfreq/*``: the GPU node is
+    ``17000000.ga10b`` on Orin, ``17000000.gv11b`` on Xavier, ``*.gpu`` elsewhere): cur/min/max Hz and
+    whether it is pinned at its top frequency (what ``jetson_clocks`` does)."""
+    base = root / "sys/class/devfreq"
+    if not base.is_dir():
+        return None
+    for d in sorted(base.iterdir()):
+        name = d.name.lower()
+        of_name = ""
+        try:
+            of_name = (d / "device/of_node/name").read_text(errors="replace").strip("\x00\n ").lower()
+        except OSError:
+            pass
+        if not any(k in name for k in ("gpu", "ga10b", "gv11b", "gp10b", "gb10b")) and of_name != "gpu":
+            continue
+
+        def read(f: str) -> int | None:
+            try:
+                return int((d / f).read_text().split()[0])
+            except (OSError, ValueError, IndexError):
+                return None
+
+        cur, lo, hi = read("cur_freq"), read("min_freq"), read("max_freq")
+        try:
+            avail = [int(x) for x in (d / "available_frequencies").read_text().split()]
+        except (OSError, ValueError):
+            avail = []
+        top = max(avail) if avail else hi
+        return {"node": d.name, "cur_hz": cur, "min_hz": lo, "max_hz": hi,
+                "jetson_clocks": bool(lo is not None and top is not None and lo == top)}
+    return None

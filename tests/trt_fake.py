@@ -5,8 +5,19 @@ or writing a name the version lacks raises AttributeError, so code that calls a 
 version's surface fails its test. Calls are recorded (``mod._calls``), and deprecated names used are
 collected (``mod._deprecated_used``). Method results come from the signature's return annotation
 (a fake instance of the named class, True, 0, ...), or from ``mod._behaviors[(Class, method)]``,
-which a test sets where the code path needs a meaningful value. This checks API names and arity
-per version, not TensorRT's behaviour.
+which a test sets where the code path needs a meaningful value.
+
+On top of the names, ``documented_behaviours`` models what NVIDIA documents about the calls the code
+relies on (each with its source), so a test can fail on behaviour, not only on a name:
+- a DLA build needs a static profile (DLA restrictions: min = opt = max) and an existing core
+  (``Builder.num_DLA_cores``); otherwise ``build_serialized_network`` returns None;
+- a version-compatible plan deserializes only with ``Runtime.engine_host_code_allowed = True``
+  (Polygraphy's engine loader sets it for exactly this); a plan from another TensorRT returns None;
+- ``IBuilderConfig.set_timing_cache`` returns False for a cache from another device or version
+  (NvInfer.h), and a corrupt file makes ``create_timing_cache`` raise;
+- ``IExecutionContext.set_input_shape`` returns False outside the engine's profile.
+``8.5.2`` is the 8.6.1 surface less what TensorRT 8.6 added (its release notes: builder optimization
+levels, hardware and version compatibility, the lean runtime, auxiliary streams, temp-file control).
 """
 
 from __future__ import annotations
@@ -19,6 +30,14 @@ from typing import Any, Callable
 
 API_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "tensorrt-api"
 VERSIONS = ("8.6.1", "10.3.0", "10.16.1.11", "11.4.0.106")
+#: what TensorRT 8.6 added over 8.5 (8.6.0 release notes), removed to model JetPack 5.1's 8.5.2
+ADDED_IN_86 = {
+    "IBuilderConfig": ("builder_optimization_level", "hardware_compatibility_level", "max_aux_streams",
+                       "plugins_to_serialize", "runtime_platform"),
+    "Runtime": ("engine_host_code_allowed", "load_runtime", "tempfile_control_flags", "temporary_directory"),
+    "BuilderFlag": ("VERSION_COMPATIBLE", "EXCLUDE_LEAN_RUNTIME"),
+    None: ("HardwareCompatibilityLevel", "TempfileControlFlag", "RuntimePlatform"),
+}
 
 
 def available_versions() -> list[str]:
@@ -58,8 +77,26 @@ def _n_params(sig: str) -> int | None:
     return len(params) - 1 if params and params[0].strip().startswith("self") else len(params)
 
 
-def make_fake_trt(version: str) -> types.ModuleType:
-    spec = json.loads((API_DIR / f"tensorrt-{version}.json").read_text())
+def _surface(version: str) -> dict:
+    if version == "8.5.2":
+        spec = json.loads((API_DIR / "tensorrt-8.6.1.json").read_text())
+        spec["version"] = "8.5.2.2"
+        names = spec["module_names"]
+        for owner, drop in ADDED_IN_86.items():
+            for n in drop:
+                if owner is None:
+                    names.pop(n, None)
+                elif names[owner].get("kind") == "enum":
+                    names[owner]["members"] = [m for m in names[owner].get("members", [])
+                                               if (m["name"] if isinstance(m, dict) else m) != n]
+                else:
+                    names[owner].get("attributes", {}).pop(n, None)
+        return spec
+    return json.loads((API_DIR / f"tensorrt-{version}.json").read_text())
+
+
+def make_fake_trt(version: str, behaviours: bool = True) -> types.ModuleType:
+    spec = _surface(version)
     names: dict = spec["module_names"]
     mod = types.ModuleType("tensorrt")
     mod.__version__ = spec["version"]
@@ -169,8 +206,8 @@ def make_fake_trt(version: str) -> types.ModuleType:
         attrs["__setattr__"] = __setattr__
         attrs["_fake_props"] = props
         if cname in ("IHostMemory",):
-            attrs["__bytes__"] = lambda self: b"fake-serialized-engine"
-            attrs["__buffer__"] = lambda self, flags: memoryview(b"fake-serialized-engine")
+            attrs["__bytes__"] = lambda self: self.__dict__.get("_payload", b"fake-serialized-engine")
+            attrs["__buffer__"] = lambda self, flags: memoryview(bytes(self))
         return type(cname, (), attrs)
 
     # classes first as placeholders so return types resolve, enums, then functions / constants
@@ -186,7 +223,93 @@ def make_fake_trt(version: str) -> types.ModuleType:
     for name, s in names.items():
         if s.get("kind") == "function" and not hasattr(mod, name):
             setattr(mod, name, lambda *a, _n=name, **k: mod._calls.append(("tensorrt", _n, a, k)))
+    mod._num_dla_cores = 2
+    mod._errors = []
+    if behaviours:
+        documented_behaviours(mod)
     return mod
+
+
+PLAN_MAGIC = b"fake-serialized-engine"
+
+
+def _new(mod: types.ModuleType, cls: str, **values: Any) -> Any:
+    c = getattr(mod, cls)
+    obj = c.__new__(c)
+    obj.__dict__["_values"] = dict(values)
+    return obj
+
+
+def documented_behaviours(mod: types.ModuleType) -> None:
+    """What NVIDIA documents about the calls ghostedge makes (see the module docstring)."""
+    b = mod._behaviors
+
+    def flags_set() -> set[str]:
+        return {c[2][0].name for c in mod._calls if c[0] == "IBuilderConfig" and c[1] == "set_flag"}
+
+    def last_profile() -> tuple | None:
+        shapes = [c[2] for c in mod._calls if c[0] == "IOptimizationProfile" and c[1] == "set_shape"]
+        return shapes[-1][1:] if shapes else None
+
+    def build(builder: Any, network: Any, config: Any) -> Any:
+        vals = config.__dict__.get("_values", {})
+        dla = vals.get("default_device_type") == mod.DeviceType.DLA
+        prof = last_profile()
+        if dla and prof and len({tuple(p) for p in prof}) != 1 and "GPU_FALLBACK" not in flags_set():
+            mod._errors.append("DLA: dynamic shapes are not supported (min = opt = max required)")
+            return None
+        if dla and not 0 <= int(vals.get("DLA_core", 0)) < mod._num_dla_cores:
+            mod._errors.append("DLA core out of range")
+            return None
+        payload = {"version": mod.__version__, "vc": "VERSION_COMPATIBLE" in flags_set(),
+                   "dla_core": vals.get("DLA_core") if dla else None, "profile": [list(p) for p in prof or []]}
+        hm = _new(mod, "IHostMemory")
+        hm.__dict__["_payload"] = PLAN_MAGIC + json.dumps(payload).encode()
+        return hm
+
+    def deserialize(runtime: Any, data: Any) -> Any:
+        data = bytes(data)
+        if not data.startswith(PLAN_MAGIC):
+            return None
+        meta = json.loads(data[len(PLAN_MAGIC):] or b"{}")
+        rv = runtime.__dict__.get("_values", {})
+        if meta.get("version", mod.__version__) != mod.__version__ and not meta.get("vc"):
+            mod._errors.append("engine plan built by another TensorRT version")
+            return None
+        if meta.get("vc") and not rv.get("engine_host_code_allowed"):
+            mod._errors.append("version-compatible plan needs engine_host_code_allowed")
+            return None
+        eng = _new(mod, "ICudaEngine")
+        eng.__dict__["_meta"] = meta
+        eng.__dict__["_runtime_dla_core"] = rv.get("DLA_core", -1)
+        return eng
+
+    def create_timing_cache(config: Any, data: Any) -> Any:
+        data = bytes(data)
+        if data.startswith(b"corrupt"):
+            raise RuntimeError("invalid timing cache")
+        tc = _new(mod, "ITimingCache")
+        tc.__dict__["_data"] = data
+        return tc
+
+    def set_timing_cache(config: Any, cache: Any, ignore_mismatch: bool) -> bool:
+        ok = not cache.__dict__.get("_data", b"").startswith(b"other-device")
+        if ok:
+            config.__dict__["_cache"] = cache
+        return ok
+
+    def serialize_cache(cache: Any) -> Any:
+        hm = _new(mod, "IHostMemory")
+        hm.__dict__["_payload"] = b"timing-cache:" + mod.__version__.encode()
+        return hm
+
+    b[("Builder", "build_serialized_network")] = build
+    b[("Builder", "num_DLA_cores")] = lambda self: mod._num_dla_cores
+    b[("Runtime", "deserialize_cuda_engine")] = deserialize
+    b[("IBuilderConfig", "create_timing_cache")] = create_timing_cache
+    b[("IBuilderConfig", "set_timing_cache")] = set_timing_cache
+    b[("IBuilderConfig", "get_timing_cache")] = lambda self: self.__dict__.get("_cache")
+    b[("ITimingCache", "serialize")] = serialize_cache
 
 
 def called(mod: types.ModuleType, cls: str, method: str) -> list[tuple]:

@@ -52,3 +52,7 @@ class BaseRunner:
     def max_batch(self) -> int | None:
         """The largest batch the engine accepts (None: unbounded)."""
         return None
+
+    def min_batch(self) -> int | None:
+        """The smallest batch the engine accepts (None: any)."""
+        return None

@@ -51,6 +51,26 @@ def has_flag(trt: ModuleType, name: str) -> bool:
     return name in members if members is not None else hasattr(trt.BuilderFlag, name)
 
 
+def dla_supported(ver: tuple[int, ...]) -> bool:
+    """Which TensorRT releases can build for DLA at all (TensorRT 11.4 DLA page: 10.7 was the last 10.x
+    release with DLA, 11.0-11.3 have none; JetPack 7 on Orin ships 10.13+ and so has no DLA path)."""
+    return (8, 5) <= tuple(ver[:2]) <= (10, 7) or tuple(ver[:2]) >= (11, 4)
+
+
+def dla_explicit_int8(ver: tuple[int, ...]) -> bool:
+    """DLA INT8 from explicit Q/DQ: not on TensorRT 8.x (NVIDIA's DLA docs), which needs implicit INT8
+    from a calibration cache instead (hence NVIDIA's qdq-translator)."""
+    return ver[0] >= 10
+
+
+#: builder features TensorRT 8.6 added (absent on JetPack 5.1's 8.5.2): option -> what to check
+_TRT86_FEATURES = {
+    "--opt-level": ("IBuilderConfig", "builder_optimization_level"),
+    "--hardware-compat": ("IBuilderConfig", "hardware_compatibility_level"),
+    "--version-compatible": ("BuilderFlag", "VERSION_COMPATIBLE"),
+}
+
+
 def use_strong_typing(trt: ModuleType, precision: str, calib_cache: bool, dla: bool) -> bool:
     """Strongly typed where the precision flags are gone (11) or deprecated (10.12+)."""
     if calib_cache:
@@ -77,6 +97,7 @@ class TrtBuildSettings:
     hardware_compat: bool = False
     version_compatible: bool = False
     calib_cache: bytes | None = None         # legacy cache content: implicit INT8 (TensorRT < 11)
+    warn: Any = None                          # callable(str) for warnings (timing cache)
 
 
 @dataclass
@@ -87,6 +108,8 @@ class TrtBuildReport:
     dla_fallback_layers: list[str] = field(default_factory=list)
     parser_warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    num_dla_cores: int | None = None
+    timing_cache: str | None = None          # "loaded" | "new" | "rejected: ..." | None
 
 
 class _Logger:
@@ -139,13 +162,63 @@ def _parse(trt: ModuleType, network: Any, logger: Any, onnx_bytes: bytes) -> Non
                              "re-export with ghostedge quantize / export, or report the listed node")
 
 
+def _require_86(trt: ModuleType, config: Any, s: TrtBuildSettings) -> None:
+    """--opt-level / --hardware-compat / --version-compatible exist from TensorRT 8.6 on (not 8.5)."""
+    asked = {"--opt-level": s.opt_level is not None, "--hardware-compat": s.hardware_compat,
+             "--version-compatible": s.version_compatible}
+    for opt, (owner, name) in _TRT86_FEATURES.items():
+        if not asked[opt]:
+            continue
+        have = has_flag(trt, name) if owner == "BuilderFlag" else hasattr(type(config), name) or hasattr(config, name)
+        if not have:
+            raise GhostedgeError(f"{opt} needs TensorRT 8.6 or later; this is TensorRT {trt.__version__} "
+                                 "(JetPack 5.1 ships 8.5.2): leave it out, or build on JetPack 6+")
+
+
+def _timing_cache(config: Any, path: Path | None, rep: TrtBuildReport, warn: Any) -> Any:
+    """Load (or start) a timing cache; one from another GPU or TensorRT is replaced by an empty one with a
+    warning, as NVIDIA's cacheUtils.cpp and Polygraphy do (setTimingCache returns false for it)."""
+    if path is None:
+        return None
+    data = path.read_bytes() if path.is_file() else b""
+    try:
+        cache = config.create_timing_cache(data)
+    except Exception as e:  # a corrupt file: the binding raises
+        cache, why = None, str(e).splitlines()[0] if str(e) else type(e).__name__
+    else:
+        why = "TensorRT could not read it"
+    ok = cache is not None and bool(config.set_timing_cache(cache, False))
+    if ok:
+        rep.timing_cache = "loaded" if data else "new"
+        return cache
+    if data:
+        warn(f"--timing-cache {path}: not usable here ({why}; made by another GPU or TensorRT?): building with "
+             "an empty cache and overwriting it")
+    cache = config.create_timing_cache(b"")
+    if cache is None or not config.set_timing_cache(cache, False):
+        rep.timing_cache = "rejected"
+        warn(f"--timing-cache {path}: TensorRT refused even an empty cache: building without one")
+        return None
+    rep.timing_cache = f"rejected old ({why}), new" if data else "new"
+    return cache
+
+
 def build_serialized(trt: ModuleType, onnx_bytes: bytes, s: TrtBuildSettings) -> tuple[bytes, TrtBuildReport]:
     """Parse ONNX, configure, build. Returns the serialized engine and what was done."""
     t0 = time.time()
-    major, _, _ = version_tuple(trt)
+    ver = version_tuple(trt)
+    major = ver[0]
+    warn = s.warn or (lambda m: None)
     dla = s.dla_core is not None
     if dla and s.precision == "fp32":
         raise GhostedgeError("DLA runs FP16 or INT8 only: pass --fp16 or --int8 with --dla-core")
+    if dla and not dla_supported(ver):
+        raise GhostedgeError(f"--dla-core: TensorRT {trt.__version__} cannot build for DLA (10.7 was the last 10.x "
+                             "release with DLA; 11.0-11.3 have none): build for the GPU, or use JetPack 6 "
+                             "(TensorRT 10.3) / JetPack 5 (8.5) for DLA engines")
+    if dla and len(set(s.batch)) != 1:
+        raise GhostedgeError(f"--dla-core needs a static shape (DLA restrictions: min = opt = max), not "
+                             f"{':'.join(map(str, s.batch))}: pass --batch N")
     if s.calib_cache is not None and not hasattr(trt, "IInt8EntropyCalibrator2"):
         raise GhostedgeError(f"--calib-cache: TensorRT {trt.__version__} removed implicit INT8 calibration: "
                              "leave out --calib-cache to build from the Q/DQ ONNX")
@@ -153,6 +226,12 @@ def build_serialized(trt: ModuleType, onnx_bytes: bytes, s: TrtBuildSettings) ->
     rep = TrtBuildReport(version=str(trt.__version__), strongly_typed=strong)
     logger = _Logger.make(trt)
     builder = trt.Builder(logger)
+    if dla:
+        n = int(builder.num_DLA_cores)
+        rep.num_dla_cores = n
+        if not 0 <= int(s.dla_core) < n:
+            raise GhostedgeError(f"--dla-core {s.dla_core}: this device has {n} DLA core(s)"
+                                 + (f" (0..{n - 1})" if n else "") + ": pick one of those, or build for the GPU")
     flags = 0
     ncf = trt.NetworkDefinitionCreationFlag
     if major < 10 and hasattr(ncf, "EXPLICIT_BATCH"):
@@ -163,6 +242,7 @@ def build_serialized(trt: ModuleType, onnx_bytes: bytes, s: TrtBuildSettings) ->
     _parse(trt, network, logger, onnx_bytes)
 
     config = builder.create_builder_config()
+    _require_86(trt, config, s)
     if s.workspace:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(s.workspace))
     config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
@@ -207,19 +287,21 @@ def build_serialized(trt: ModuleType, onnx_bytes: bytes, s: TrtBuildSettings) ->
             raise GhostedgeError(f"{len(rep.dla_fallback_layers)} layer(s) cannot run on DLA ({shown}): pass "
                                  "--gpu-fallback to run them on the GPU, or build without --dla-core")
 
-    cache = None
-    if s.timing_cache is not None:
-        data = s.timing_cache.read_bytes() if s.timing_cache.is_file() else b""
-        cache = config.create_timing_cache(data)
-        config.set_timing_cache(cache, False)
-
+    cache = _timing_cache(config, s.timing_cache, rep, warn)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         errs = [m for sev, m in logger.messages if "ERROR" in str(sev)]
         raise GhostedgeError("TensorRT could not build the engine" + (f" ({'; '.join(errs[-3:])})" if errs else "")
                              + ": lower --workspace demands, try --opt-level 3, or rerun with --debug")
     if cache is not None and s.timing_cache is not None:
-        write_bytes_atomic(s.timing_cache, bytes(config.get_timing_cache().serialize()))
+        # the engine is built: a cache that cannot be saved costs a warning, never the engine
+        try:
+            updated = config.get_timing_cache()
+            if updated is None:
+                raise ValueError("get_timing_cache() returned None")
+            write_bytes_atomic(s.timing_cache, bytes(updated.serialize()))
+        except Exception as e:  # noqa: BLE001
+            warn(f"--timing-cache {s.timing_cache}: not saved ({e}); the engine itself is fine")
     rep.seconds = round(time.time() - t0, 1)
     return bytes(serialized), rep
 
@@ -227,8 +309,21 @@ def build_serialized(trt: ModuleType, onnx_bytes: bytes, s: TrtBuildSettings) ->
 # ---------------------------------------------------------------------------------------------
 # engine inspection
 
+def datatype_precision(fmt: str) -> str:
+    """'Int8 NC/32HW32' -> int8, 'Half ...' -> fp16, 'Float ...' -> fp32, 'BFloat16' -> bf16 (the first
+    word of TensorRT's Format/Datatype, matched exactly: 'BFloat16' is not 'Float')."""
+    word = (fmt or "?").split()[0].split("(")[0].lower() if (fmt or "").strip() else "?"
+    return {"int8": "int8", "half": "fp16", "float": "fp32", "bfloat16": "bf16", "bf16": "bf16", "fp8": "fp8",
+            "int4": "int4", "fp4": "fp4", "int32": "int32", "int64": "int64", "bool": "bool",
+            "uint8": "uint8"}.get(word, word)
+
+
 def inspect_engine(trt: ModuleType, engine: Any) -> list[dict]:
-    """Per-layer records from the engine inspector (needs ProfilingVerbosity.DETAILED at build)."""
+    """Per-layer records from the engine inspector (needs ProfilingVerbosity.DETAILED at build).
+
+    As NVIDIA's trex reads it: the kind is ``ParameterType`` (``LayerType`` is the kernel family, e.g.
+    CaskConvolution), the precision is that of ``Inputs[0]`` (an INT8 conv may write a float output).
+    """
     import json as _json
 
     insp = engine.create_engine_inspector()
@@ -239,16 +334,21 @@ def inspect_engine(trt: ModuleType, engine: Any) -> list[dict]:
         if isinstance(layer, str):  # built without DETAILED verbosity: names only
             rows.append({"name": layer, "type": "?", "precision": "?", "device": "?", "tactic": "?"})
             continue
-        outs = layer.get("Outputs") or [{}]
-        prec = str(outs[0].get("Format/Datatype", "?"))
+        ins = layer.get("Inputs") or layer.get("Outputs") or [{}]
+        kind = str(layer.get("ParameterType") or layer.get("LayerType", "?"))
+        impl = str(layer.get("LayerType", ""))
         rows.append({
             "name": layer.get("Name", "?"),
-            "type": layer.get("LayerType", "?"),
-            "precision": prec,
-            "device": "DLA" if "DLA" in str(layer.get("LayerType", "")) or "ForeignNode" in str(layer.get("LayerType", "")) else "GPU",
+            "type": kind,
+            "precision": datatype_precision(str(ins[0].get("Format/Datatype", "?"))),
+            "device": "DLA" if "DLA" in impl or "ForeignNode" in impl or "DLA" in kind else "GPU",
             "tactic": str(layer.get("TacticName", layer.get("TacticValue", "?"))),
         })
     return annotate_layers(rows)
+
+
+#: layer kinds that move data or shapes: their float precision is not a compute fallback
+_NO_COMPUTE = ("Reformat", "Shuffle", "Slice", "Concatenation", "Constant", "Identity", "NoOp", "Cast")
 
 
 def annotate_layers(rows: list[dict]) -> list[dict]:
@@ -256,8 +356,7 @@ def annotate_layers(rows: list[dict]) -> list[dict]:
     any_dla = any(r["device"] == "DLA" for r in rows)
     for r in rows:
         flags = []
-        p = r["precision"].lower()
-        if ("float" in p or "fp32" in p) and "half" not in p and r["type"] not in ("Reformat", "Shuffle"):
+        if r["precision"] == "fp32" and r["type"] not in _NO_COMPUTE:
             flags.append("fp32")
         if r["type"] == "Reformat" or "reformat" in r["name"].lower():
             flags.append("reformat")
@@ -271,14 +370,20 @@ def annotate_layers(rows: list[dict]) -> list[dict]:
 # CUDA: cuda-python first, pycuda where that is what the board has
 
 class _Cuda:
-    """The few CUDA runtime calls a runner needs, over cuda-python (cudart) or pycuda."""
+    """The few CUDA runtime calls a runner needs, over cuda-python (cudart) or pycuda.
 
-    def __init__(self) -> None:
-        self.cudart = None
+    cudart calls use the signatures shared by cuda-python 11.8 (JetPack 5), 12.x and 13.x
+    (``tests/test_cuda_python.py`` calls each against the real packages).
+    """
+
+    def __init__(self, cudart: Any = None) -> None:
+        self.cudart = cudart
         self.pycuda = None
+        if cudart is not None:
+            return
         try:
             try:
-                from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
+                from cuda.bindings import runtime as cudart  # cuda-python >= 12.6 (and 11.8.7)
             except ImportError:
                 from cuda import cudart  # older cuda-python
             self.cudart = cudart
@@ -290,35 +395,51 @@ class _Cuda:
             except ImportError:
                 raise GhostedgeError("no CUDA Python binding: pip install cuda-python (or use the board's "
                                      "pycuda) to run TensorRT engines") from None
+            except Exception as e:  # pycuda.autoinit raises its own errors without a device / driver
+                raise GhostedgeError(f"pycuda could not start CUDA ({e}): check the driver with nvidia-smi / "
+                                     "tegrastats") from None
 
-    def _ck(self, res: Any) -> Any:
+    def _call(self, name: str, *args: Any) -> Any:
+        try:
+            return getattr(self.cudart, name)(*args)
+        except RuntimeError as e:  # cuda-python 11.8 without a driver: "Failed to dlopen libcuda.so.1"
+            raise GhostedgeError(f"CUDA is unusable here ({name}: {e}): install the NVIDIA driver, or run on the "
+                                 "GPU machine / Jetson") from None
+
+    def _ck(self, res: Any, what: str = "CUDA call") -> Any:
         err = res[0] if isinstance(res, tuple) else res
         if int(err) != 0:
-            raise GhostedgeError(f"CUDA call failed ({err}): check the GPU with nvidia-smi / tegrastats")
+            raise GhostedgeError(f"{what} failed: {_err_name(err)}: {_cuda_hint(err)}")
         if isinstance(res, tuple):
             return res[1] if len(res) == 2 else res[1:]
         return None
 
     def device_count(self) -> int:
+        """0 when there is no device; any other CUDA error is raised with its name (a driver too old for
+        this cuda-python is not "no GPU")."""
         if self.cudart is not None:
-            err, n = self.cudart.cudaGetDeviceCount()
-            return int(n) if int(err) == 0 else 0
+            err, n = self._call("cudaGetDeviceCount")
+            if int(err) == 0:
+                return int(n)
+            if "NoDevice" in _err_name(err):
+                return 0
+            raise GhostedgeError(f"cudaGetDeviceCount failed: {_err_name(err)}: {_cuda_hint(err)}")
         return self.pycuda.Device.count()
 
     def malloc(self, nbytes: int) -> int:
         if self.cudart is not None:
-            return int(self._ck(self.cudart.cudaMalloc(nbytes)))
+            return int(self._ck(self._call("cudaMalloc", nbytes), f"cudaMalloc({nbytes})"))
         return self.pycuda.mem_alloc(nbytes)
 
     def free(self, ptr: Any) -> None:
         if self.cudart is not None:
-            self.cudart.cudaFree(ptr)
+            self._call("cudaFree", ptr)
         else:
             ptr.free()
 
     def stream(self) -> Any:
         if self.cudart is not None:
-            return self._ck(self.cudart.cudaStreamCreate())
+            return self._ck(self._call("cudaStreamCreate"), "cudaStreamCreate")
         return self.pycuda.Stream()
 
     def stream_handle(self, st: Any) -> int:
@@ -326,61 +447,71 @@ class _Cuda:
 
     def h2d(self, dst: Any, arr: np.ndarray, st: Any) -> None:
         if self.cudart is not None:
-            self._ck(self.cudart.cudaMemcpyAsync(dst, arr.ctypes.data, arr.nbytes,
-                                                 self.cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, st))
+            self._ck(self._call("cudaMemcpyAsync", dst, arr.ctypes.data, arr.nbytes,
+                                self.cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, st), "cudaMemcpyAsync")
         else:
             self.pycuda.memcpy_htod_async(dst, arr, st)
 
     def d2h(self, arr: np.ndarray, src: Any, st: Any) -> None:
         if self.cudart is not None:
-            self._ck(self.cudart.cudaMemcpyAsync(arr.ctypes.data, src, arr.nbytes,
-                                                 self.cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost, st))
+            self._ck(self._call("cudaMemcpyAsync", arr.ctypes.data, src, arr.nbytes,
+                                self.cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost, st), "cudaMemcpyAsync")
         else:
             self.pycuda.memcpy_dtoh_async(arr, src, st)
 
     def sync(self, st: Any) -> None:
         if self.cudart is not None:
-            self._ck(self.cudart.cudaStreamSynchronize(st))
+            self._ck(self._call("cudaStreamSynchronize", st), "cudaStreamSynchronize")
         else:
             st.synchronize()
 
     def event(self) -> Any:
         if self.cudart is not None:
-            return self._ck(self.cudart.cudaEventCreate())
+            return self._ck(self._call("cudaEventCreate"), "cudaEventCreate")
         return self.pycuda.Event()
 
     def record(self, ev: Any, st: Any) -> None:
         if self.cudart is not None:
-            self._ck(self.cudart.cudaEventRecord(ev, st))
+            self._ck(self._call("cudaEventRecord", ev, st), "cudaEventRecord")
         else:
             ev.record(st)
 
     def elapsed_ms(self, a: Any, b: Any) -> float:
         if self.cudart is not None:
-            self._ck(self.cudart.cudaEventSynchronize(b))
-            return float(self._ck(self.cudart.cudaEventElapsedTime(a, b)))
+            self._ck(self._call("cudaEventSynchronize", b), "cudaEventSynchronize")
+            return float(self._ck(self._call("cudaEventElapsedTime", a, b), "cudaEventElapsedTime"))
         b.synchronize()
         return float(b.time_since(a))
 
     def capture(self, st: Any, launch: Any) -> Any:
-        """Record what ``launch()`` enqueues on ``st`` into an executable CUDA graph (cuda-python only)."""
+        """Record what ``launch()`` enqueues on ``st`` into an executable CUDA graph (cuda-python only).
+
+        ``cudaGraphInstantiateWithFlags(graph, 0)``: one signature in cuda-python 11.8, 12.x and 13.x
+        (``cudaGraphInstantiate`` takes a log buffer in 11.8 and flags later)."""
         if self.cudart is None:
             raise GhostedgeError("--cuda-graph needs cuda-python (pycuda has no stream capture here)")
         rt = self.cudart
-        self._ck(rt.cudaStreamBeginCapture(st, rt.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal))
+        self._ck(self._call("cudaStreamBeginCapture", st, rt.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal),
+                 "cudaStreamBeginCapture")
         launch()
-        graph = self._ck(rt.cudaStreamEndCapture(st))
-        return self._ck(rt.cudaGraphInstantiate(graph, 0))
+        graph = self._ck(self._call("cudaStreamEndCapture", st), "cudaStreamEndCapture")
+        exe = self._ck(self._call("cudaGraphInstantiateWithFlags", graph, 0), "cudaGraphInstantiateWithFlags")
+        self._call("cudaGraphDestroy", graph)  # the executable graph keeps what it needs
+        return exe
 
     def launch_graph(self, g: Any, st: Any) -> None:
-        self._ck(self.cudart.cudaGraphLaunch(g, st))
+        self._ck(self._call("cudaGraphLaunch", g, st), "cudaGraphLaunch")
+
+    def destroy_graph(self, g: Any) -> None:
+        if self.cudart is not None:
+            self._call("cudaGraphExecDestroy", g)
 
     def device_info(self) -> dict:
         if self.cudart is not None:
-            props = self._ck(self.cudart.cudaGetDeviceProperties(0))
+            props = self._ck(self._call("cudaGetDeviceProperties", 0), "cudaGetDeviceProperties")
             name = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
-            _, drv = self.cudart.cudaDriverGetVersion()
-            _, rt = self.cudart.cudaRuntimeGetVersion()
+            _, drv = self._call("cudaDriverGetVersion")
+            _, rt = self._call("cudaRuntimeGetVersion")
             return {"gpu": name.strip("\x00 "), "compute_capability": f"{props.major}.{props.minor}",
                     "cuda_driver": _cuda_ver(drv), "cuda_runtime": _cuda_ver(rt)}
         d = self.pycuda.Device(0)
@@ -389,33 +520,69 @@ class _Cuda:
                 "cuda_driver": _cuda_ver(self.pycuda.get_driver_version()), "cuda_runtime": None}
 
 
+def _err_name(err: Any) -> str:
+    name = getattr(err, "name", None)
+    return f"{name} ({int(err)})" if name else f"CUDA error {int(err)}"
+
+
+def _cuda_hint(err: Any) -> str:
+    name = getattr(err, "name", "") or ""
+    if "InsufficientDriver" in name:
+        try:
+            from importlib.metadata import version
+
+            cp = version("cuda-python")
+        except Exception:  # noqa: BLE001
+            cp = "?"
+        return (f"the driver is older than cuda-python {cp} needs (cuda-python 13.x needs a CUDA 13 driver, "
+                "580 or newer): install the cuda-python of your driver's CUDA major, e.g. "
+                "pip install 'cuda-python>=12,<13' for a CUDA 12 driver or JetPack 6")
+    if "NoDevice" in name:
+        return "no CUDA GPU is visible (check nvidia-smi, CUDA_VISIBLE_DEVICES)"
+    return "check the GPU with nvidia-smi / tegrastats"
+
+
 def _cuda_ver(v: int) -> str:
     return f"{v // 1000}.{(v % 1000) // 10}"
 
 
-def gpu_info() -> dict | None:
-    """The first CUDA device, or None when there is none (or no binding to ask)."""
+def cuda_probe() -> tuple[dict | None, str]:
+    """(first CUDA device, "") or (None, why not): "no device" differs from a broken driver / binding."""
     try:
         cu = _Cuda()
         if cu.device_count() < 1:
-            return None
-        return cu.device_info()
-    except (GhostedgeError, ImportError, OSError, RuntimeError):
-        return None
+            return None, "no CUDA device was found"
+        return cu.device_info(), ""
+    except GhostedgeError as e:
+        return None, str(e)
+    except (ImportError, OSError, RuntimeError) as e:
+        return None, f"CUDA is unusable here ({e})"
+
+
+def gpu_info() -> dict | None:
+    """The first CUDA device, or None when there is none (or no binding to ask)."""
+    return cuda_probe()[0]
 
 
 class TensorRTRunner(BaseRunner):
-    """Runs a serialized engine with name-based I/O (execute_async_v3), the binding API where only it exists."""
+    """Runs a serialized engine with name-based I/O (execute_async_v3), the binding API where only it exists.
+
+    Device buffers are allocated once, at the profile's largest shape, so their addresses never change:
+    a captured CUDA graph replays the addresses it was captured with (``--cuda-graph``).
+    """
 
     backend = "tensorrt"
 
     def __init__(self, path: str | Path, name: str | None = None, trt: ModuleType | None = None,
-                 cuda: Any = None, cuda_graph: bool = False):
+                 cuda: Any = None, cuda_graph: bool = False, dla_core: int | None = None,
+                 version_compatible: bool = False):
         super().__init__(name or Path(path).name)
         self.path = Path(path)
         self._trt = trt
         self._cuda = cuda
         self.cuda_graph = cuda_graph
+        self.dla_core = dla_core
+        self.version_compatible = version_compatible
         self._graphs: dict[tuple, Any] = {}
         self.gpu_ms: list[float] = []     # GPU compute time of each infer (CUDA events)
 
@@ -427,6 +594,13 @@ class TensorRTRunner(BaseRunner):
             raise GhostedgeError("no CUDA device found: run TensorRT engines on the GPU they were built for")
         self.logger = _Logger.make(trt)
         self.runtime = trt.Runtime(self.logger)
+        if self.dla_core is not None:  # before deserializing: the runtime's core (default -1) is where it runs
+            self.runtime.DLA_core = int(self.dla_core)
+        if self.version_compatible:  # the lean runtime inside the plan is host code (as Polygraphy allows it)
+            if not hasattr(type(self.runtime), "engine_host_code_allowed"):
+                raise GhostedgeError(f"{self.path} is version-compatible, which TensorRT {trt.__version__} cannot "
+                                     "run (needs 8.6 or later): rebuild it here with ghostedge build")
+            self.runtime.engine_host_code_allowed = True
         self.engine = self.runtime.deserialize_cuda_engine(self.path.read_bytes())
         if self.engine is None:
             raise GhostedgeError(f"{self.path}: TensorRT could not deserialize it (built by another TensorRT "
@@ -437,51 +611,62 @@ class TensorRTRunner(BaseRunner):
             names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
             self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
             self.outputs = [n for n in names if n not in self.inputs]
-            shape = tuple(self.engine.get_tensor_profile_shape(self.inputs[0], 0)[2])
+            prof = self.engine.get_tensor_profile_shape(self.inputs[0], 0)
         else:  # the binding-index API (TensorRT 8.x only)
             self.inputs = [self.engine.get_binding_name(i) for i in range(self.engine.num_bindings)
                            if self.engine.binding_is_input(i)]
             self.outputs = [self.engine.get_binding_name(i) for i in range(self.engine.num_bindings)
                             if not self.engine.binding_is_input(i)]
-            shape = tuple(self.engine.get_profile_shape(0, 0)[2])
-        self.max_shape = shape
+            prof = self.engine.get_profile_shape(0, 0)
+        self.min_shape, self.max_shape = tuple(prof[0]), tuple(prof[2])
+        # an engine compiled from an FP16 model (torch-tensorrt >= 2.10) has FP16 I/O
+        half = getattr(trt.DataType, "HALF", None)
+        np_of = lambda n: np.float16 if self.v3 and half is not None and self.engine.get_tensor_dtype(n) == half \
+            else np.float32  # noqa: E731
+        self.in_dtype, self.out_dtype = np_of(self.inputs[0]), np_of(self.outputs[0])
         self.stream = self.cu.stream()
         self.ev = (self.cu.event(), self.cu.event())
-        self._bufs: dict[str, Any] = {}
-        self._cap: dict[str, int] = {}
+        # buffers at the largest shape, once: stable addresses for CUDA-graph replay
+        self._set_shape(self.max_shape)
+        self._in_bytes = int(np.prod(self.max_shape)) * np.dtype(self.in_dtype).itemsize
+        self._out_bytes = int(np.prod(self._out_shape())) * np.dtype(self.out_dtype).itemsize
+        self.d_in = self.cu.malloc(self._in_bytes)
+        self.d_out = self.cu.malloc(self._out_bytes)
 
     def max_batch(self) -> int | None:
         return int(self.max_shape[0])
 
-    def _buf(self, name: str, nbytes: int) -> Any:
-        if self._cap.get(name, 0) < nbytes:
-            if name in self._bufs:
-                self.cu.free(self._bufs[name])
-            self._bufs[name] = self.cu.malloc(nbytes)
-            self._cap[name] = nbytes
-        return self._bufs[name]
+    def min_batch(self) -> int | None:
+        return int(self.min_shape[0])
+
+    def _set_shape(self, shape: tuple) -> None:
+        ok = self.context.set_input_shape(self.inputs[0], tuple(shape)) if self.v3 else \
+            self.context.set_binding_shape(0, tuple(shape))
+        if ok is False:
+            raise GhostedgeError(f"TensorRT refused input shape {tuple(shape)} (profile {self.min_shape} .. "
+                                 f"{self.max_shape}): bench a batch inside the engine's profile")
+
+    def _out_shape(self) -> tuple:
+        shape = self.context.get_tensor_shape(self.outputs[0]) if self.v3 else self.context.get_binding_shape(1)
+        return tuple(int(d) for d in shape)
 
     def infer_impl(self, x: np.ndarray) -> np.ndarray:
-        if x.shape[0] > self.max_shape[0]:
-            raise GhostedgeError(f"batch {x.shape[0]} exceeds the engine's profile (max {self.max_shape[0]}): "
-                                 f"rebuild with --batch 1:{x.shape[0]}:{x.shape[0]} or use a smaller --batch")
+        if not self.min_shape[0] <= x.shape[0] <= self.max_shape[0]:
+            raise GhostedgeError(f"batch {x.shape[0]} is outside the engine's profile (batch {self.min_shape[0]}.."
+                                 f"{self.max_shape[0]}): rebuild with --batch {min(x.shape[0], self.min_shape[0])}:"
+                                 f"{x.shape[0]}:{max(x.shape[0], self.max_shape[0])} or bench batches inside it")
         cu, st = self.cu, self.stream
-        inp, out = self.inputs[0], self.outputs[0]
-        d_in = self._buf(inp, x.nbytes)
-        if self.v3:
-            self.context.set_input_shape(inp, tuple(x.shape))
-            out_shape = tuple(self.context.get_tensor_shape(out))
-        else:
-            self.context.set_binding_shape(0, tuple(x.shape))
-            out_shape = tuple(self.context.get_binding_shape(1))
-        y = np.empty(out_shape, np.float32)
-        d_out = self._buf(out, y.nbytes)
-        cu.h2d(d_in, x, st)
+        x = np.ascontiguousarray(x, dtype=self.in_dtype)
+        self._set_shape(x.shape)
+        y = np.empty(self._out_shape(), self.out_dtype)
+        if x.nbytes > self._in_bytes or y.nbytes > self._out_bytes:
+            raise GhostedgeError(f"input {x.shape} does not fit the engine's profile {self.max_shape}")
+        cu.h2d(self.d_in, x, st)
         cu.record(self.ev[0], st)
         ok = True
         if self.v3:
-            self.context.set_tensor_address(inp, int(d_in))
-            self.context.set_tensor_address(out, int(d_out))
+            self.context.set_tensor_address(self.inputs[0], int(self.d_in))
+            self.context.set_tensor_address(self.outputs[0], int(self.d_out))
             key = tuple(x.shape)
             if self.cuda_graph and key in self._graphs:
                 cu.launch_graph(self._graphs[key], st)
@@ -490,17 +675,22 @@ class TensorRTRunner(BaseRunner):
                 if self.cuda_graph and ok:  # capture after a first plain run (TensorRT's recommendation)
                     self._graphs[key] = cu.capture(st, lambda: self.context.execute_async_v3(cu.stream_handle(st)))
         else:
-            ok = self.context.execute_async_v2([int(d_in), int(d_out)], cu.stream_handle(st))
+            ok = self.context.execute_async_v2([int(self.d_in), int(self.d_out)], cu.stream_handle(st))
         cu.record(self.ev[1], st)
-        cu.d2h(y, d_out, st)
+        cu.d2h(y, self.d_out, st)
         cu.sync(st)
         if not ok:
             raise GhostedgeError("TensorRT execution failed: rerun with --debug and check the TensorRT log")
         self.gpu_ms.append(cu.elapsed_ms(*self.ev))
-        return y
+        return y.astype(np.float32, copy=False)
 
     def deactivate_impl(self) -> None:
-        for b in self._bufs.values():
-            self.cu.free(b)
-        self._bufs.clear()
+        for g in self._graphs.values():
+            if hasattr(self.cu, "destroy_graph"):
+                self.cu.destroy_graph(g)
+        self._graphs.clear()
+        for b in (getattr(self, "d_in", None), getattr(self, "d_out", None)):
+            if b is not None:
+                self.cu.free(b)
+        self.d_in = self.d_out = None
         self.context = self.engine = self.runtime = None

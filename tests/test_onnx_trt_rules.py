@@ -1,0 +1,119 @@
+"""Every ONNX handed to TensorRT obeys onnx-tensorrt's documented rules for the versions it targets.
+
+Rules (onnx-tensorrt's operator support notes and TensorRT's "Working with quantized types"):
+- the opset is inside the parser's range: TensorRT 8.5 / 8.6 read opsets 7-17; the FP16-typed graphs
+  (opset 17, or 19 with Q/DQ for FP16 scales) go only to TensorRT 10.12+ (strongly typed), whose parser
+  reads opsets up to 20;
+- the IR version matches the opset (opset 17 -> IR 8, 19 -> IR 9);
+- Q/DQ scales are constant initializers and strictly positive, and in FP16-typed graphs no smaller than
+  FP16's smallest normal (2**-14), so they cannot underflow to zero;
+- zero points are 0 and int8 (symmetric);
+- per-channel Q/DQ (a scale vector) names its axis explicitly; per-tensor ones have a scalar scale;
+- in a strongly typed (FP16) graph no FP32 tensor meets an FP16 one: strict ONNX type inference passes
+  and every float tensor between the two Casts is FP16.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+
+from ghostedge.export import FP16_MIN_NORMAL, fp16_onnx
+
+#: (first opset, last opset) each TensorRT ONNX parser reads; IR version per opset
+PARSER_OPSETS = {"8.5": (7, 17), "8.6": (7, 17), "10.x": (9, 20), "11.x": (9, 20)}
+IR_FOR_OPSET = {17: 8, 18: 8, 19: 9, 20: 9}
+
+
+def _opset(m: onnx.ModelProto) -> int:
+    return next(o.version for o in m.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def check_trt_rules(m: onnx.ModelProto, targets: tuple[str, ...], fp16_typed: bool) -> None:
+    op = _opset(m)
+    for t in targets:
+        lo, hi = PARSER_OPSETS[t]
+        assert lo <= op <= hi, f"opset {op} outside TensorRT {t}'s parser range {lo}-{hi}"
+    assert m.ir_version >= IR_FOR_OPSET[op], f"IR version {m.ir_version} too old for opset {op}"
+    inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+    for n in m.graph.node:
+        if n.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        assert n.input[1] in inits, f"{n.name}: scale is not a constant initializer"
+        scale = inits[n.input[1]]
+        assert (scale > 0).all(), f"{n.name}: scale not strictly positive"
+        if fp16_typed:
+            assert scale.dtype == np.float16 and (scale >= np.float16(FP16_MIN_NORMAL)).all(), n.name
+        assert len(n.input) == 3 and n.input[2] in inits, f"{n.name}: zero point must be an initializer"
+        zp = inits[n.input[2]]
+        assert zp.dtype == np.int8 and not zp.any(), f"{n.name}: zero point must be int8 zeros"
+        axis = {a.name: a.i for a in n.attribute}.get("axis")
+        if scale.ndim == 1 and scale.size > 1:
+            assert axis is not None, f"{n.name}: per-channel Q/DQ without an explicit axis"
+        else:
+            assert scale.ndim == 0, f"{n.name}: per-tensor scale must be a scalar"
+    if fp16_typed:
+        inferred = onnx.shape_inference.infer_shapes(m, check_type=True, strict_mode=True)
+        types = {v.name: v.type.tensor_type.elem_type for v in
+                 list(inferred.graph.value_info) + list(inferred.graph.output) + list(inferred.graph.input)}
+        types.update({t.name: t.data_type for t in m.graph.initializer})
+        inp, outp = m.graph.input[0].name, m.graph.output[0].name
+        float32 = [k for k, v in types.items() if v == onnx.TensorProto.FLOAT and k not in (inp, outp)]
+        assert not float32, f"FP32 tensors inside a strongly typed FP16 graph: {float32[:5]}"
+
+
+def test_every_onnx_ghostedge_hands_tensorrt(engines_dir: Path):
+    fp32 = onnx.load(str(engines_dir / "ghostnet.onnx"))
+    int8 = onnx.load(str(engines_dir / "ghostnet.int8.onnx"))
+    check_trt_rules(fp32, ("8.5", "8.6", "10.x"), fp16_typed=False)      # weakly typed builds, implicit INT8
+    check_trt_rules(int8, ("8.5", "8.6", "10.x"), fp16_typed=False)      # weakly typed Q/DQ builds
+    check_trt_rules(fp16_onnx(fp32), ("10.x", "11.x"), fp16_typed=True)  # strongly typed FP16
+    check_trt_rules(fp16_onnx(int8), ("10.x", "11.x"), fp16_typed=True)  # strongly typed INT8
+
+
+def test_d12_a_dead_channel_does_not_underflow_to_a_zero_scale(tmp_path: Path, image_folder: Path):
+    """A user's model with an all-zero conv filter: its weight scale is 1e-8/127 in FP32, 0 in FP16 unless floored."""
+    from ghostedge.model import ModelInfo, Preprocess, ghostnet, save_checkpoint
+    from ghostedge.quantize import QuantizeConfig, quantize
+
+    torch.manual_seed(1)
+    m = ghostnet(0.5, 3)
+    for mod in m.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.running_mean.uniform_(-0.2, 0.2)
+            mod.running_var.uniform_(0.5, 1.5)
+    with torch.no_grad():
+        m.blocks[3][0].ghost1.primary_conv[0].weight[2].zero_()   # a dead output channel
+    w = tmp_path / "dead.safetensors"
+    save_checkpoint(m.eval(), ModelInfo(width=0.5, num_classes=3, preprocess=Preprocess(input_size=32)), w,
+                    half=False)
+    out = tmp_path / "e"
+    quantize(QuantizeConfig(calib=image_folder, out=out, weights=w, num_images=8, batch=4, holdout=4, threads=1))
+    int8 = onnx.load(str(out / "ghostnet.int8.onnx"))
+    scales = [numpy_helper.to_array(t) for t in int8.graph.initializer if t.name.endswith("scale")]
+    assert min(float(s.min()) for s in scales) < FP16_MIN_NORMAL   # the FP32 graph has the tiny scale ...
+    check_trt_rules(fp16_onnx(int8), ("10.x", "11.x"), fp16_typed=True)   # ... the FP16-typed one a positive one
+
+
+def test_checker_catches_what_it_claims(engines_dir: Path):
+    """The rule check itself fails on a broken graph (so the test above can fail)."""
+    int8 = fp16_onnx(onnx.load(str(engines_dir / "ghostnet.int8.onnx")))
+    bad = onnx.ModelProto()
+    bad.CopyFrom(int8)
+    bad.ir_version = 8
+    with pytest.raises(AssertionError, match="IR version"):
+        check_trt_rules(bad, ("10.x",), fp16_typed=True)
+    bad.CopyFrom(int8)
+    for n in bad.graph.node:
+        if n.op_type == "QuantizeLinear" and any(a.name == "axis" for a in n.attribute):
+            del n.attribute[:]
+            break
+    with pytest.raises(AssertionError, match="explicit axis"):
+        check_trt_rules(bad, ("10.x",), fp16_typed=True)
+    with pytest.raises(AssertionError, match="opset 19"):
+        check_trt_rules(int8, ("8.6",), fp16_typed=True)
