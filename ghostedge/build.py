@@ -356,7 +356,7 @@ def build(cfg: BuildConfig, say: Callable[[str], None] = lambda s: None) -> Buil
     if cfg.frontend == "torch-tensorrt":
         from .backends.torch_tensorrt import build_torch_tensorrt
 
-        return build_torch_tensorrt(cfg, say)
+        return build_torch_tensorrt(replace(cfg, batch=resolve_batch(cfg)), say)
     if cfg.spec is not None and cfg.spec.given():  # the ONNX carries the description quantize was told
         src = _need(cfg.engines / FP32_NAME, "the FP32 ONNX")
         stored = read_onnx_info(src)

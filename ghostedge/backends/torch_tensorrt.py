@@ -92,9 +92,7 @@ def build_torch_tensorrt(cfg, say: Callable[[str], None]) -> BuildResult:  # noq
     model, info = load_model(cfg.weights, spec=cfg.spec)
     model = model.cuda().eval().to(dtype)
     img = cfg.img_size or info.preprocess.input_size
-    from ..build import resolve_batch
-
-    b0, b1, b2 = resolve_batch(cfg)
+    b0, b1, b2 = cfg.batch  # resolved by build() (1:8:32 unless --batch)
     example = torch.randn(b1, 3, img, img, device="cuda", dtype=dtype)
     dims = {"x": {0: torch.export.Dim("batch", min=b0, max=b2)}} if b0 != b2 else None
     inp = torch_tensorrt.Input(min_shape=(b0, 3, img, img), opt_shape=(b1, 3, img, img),
