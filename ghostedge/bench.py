@@ -22,7 +22,7 @@ from .backends.base import BaseRunner
 from .data import class_folders, find_images, labelled_set, load_images, normalize
 from .drift import compare
 from .errors import CheckFailed, GhostedgeError
-from .manifest import cpu_name, read_manifest
+from .manifest import cpu_flags, cpu_name, read_manifest
 from .model import ModelInfo, ModelSpec, check_against, load_model
 from .resources import check_batch, check_images
 
@@ -90,9 +90,9 @@ def _check_file(path: Path) -> None:
         raise GhostedgeError(f"{path} is a folder: pass an engine file (.plan or .onnx)")
     if path.stat().st_size == 0:
         raise GhostedgeError(f"engine {path} is empty: rebuild it with ghostedge build")
-    if path.suffix not in (".plan", ".engine", ".onnx"):
-        raise GhostedgeError(f"{path}: unknown engine kind {path.suffix!r}: pass a TensorRT .plan or an "
-                             "ONNX Runtime .onnx engine")
+    if path.suffix not in (".plan", ".engine", ".onnx", ".xml"):
+        raise GhostedgeError(f"{path}: unknown engine kind {path.suffix!r}: pass a TensorRT .plan, an "
+                             "ONNX Runtime .onnx or an OpenVINO .xml engine")
 
 
 #: cross-major moves a version-compatible engine survives (TensorRT's version-compatibility rules)
@@ -144,6 +144,13 @@ def check_plan_manifest(man: dict, trt_version: str | None, gpu: dict | None, he
 
 def open_runner(path: Path, threads: int = 0, cuda_graph: bool = False) -> tuple[BaseRunner, dict | None]:
     _check_file(path)
+    if path.suffix == ".xml":
+        from .backends.openvino import OpenVinoRunner
+
+        man = read_manifest(path, required=False)
+        runner = OpenVinoRunner(path, threads=threads, precision_hint=(man or {}).get("precision_hint") or "f32")
+        runner.precision = (man or {}).get("precision") or _guess_precision(path)
+        return runner, man
     if path.suffix == ".onnx":
         import onnx
 
@@ -218,14 +225,12 @@ def time_runner(runner: BaseRunner, x: np.ndarray, warmup: int, iters: int | Non
 def environment(threads: int) -> dict:
     env = {"machine": platform.machine(), "cpu": cpu_name(), "cores": os.cpu_count(),
            "threads": threads or os.cpu_count(), "python": platform.python_version()}
-    try:
-        import onnxruntime
-        import torch
-
-        env["onnxruntime"] = onnxruntime.__version__
-        env["torch"] = torch.__version__
-    except ImportError:
-        pass
+    for mod in ("onnxruntime", "openvino", "torch"):
+        try:
+            env[mod] = __import__(mod).__version__
+        except ImportError:
+            pass
+    env["cpu_flags"] = cpu_flags()
     if shutil.which("nvidia-smi"):
         try:
             q = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,clocks.sm,clocks.mem",

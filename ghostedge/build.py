@@ -51,7 +51,8 @@ class BuildConfig:
     out: Path | None = None
     frontend: str = "onnx"          # onnx | torch-tensorrt
     weights: Path | None = None     # for the torch-tensorrt frontend
-    calib: Path | None = None       # torch-tensorrt --int8: calibration images (default ./calib)
+    calib: Path | None = None       # calibration images: torch-tensorrt --int8; CPU selection's accuracy check
+    threads: int = 0                # CPU engines: threads the selection measures with (0 = all)
     spec: ModelSpec | None = None   # --preprocess / --classes: checked against the ONNX's description
 
 
@@ -120,7 +121,7 @@ def choose_backend(cfg: BuildConfig, say: Callable[[str], None]) -> Backend:
         # CPU would hide that and fail later with a CPU message
         raise GhostedgeError(f"TensorRT is installed but CUDA is not usable: {why} (or pass --backend onnxruntime "
                              "to build for this CPU)")
-    say(f"{why}: building for ONNX Runtime on this CPU instead (--backend auto)")
+    say(f"{why}: building for this CPU instead, choosing the engine by measurement (--backend auto)")
     return Backend.onnxruntime
 
 
@@ -181,37 +182,6 @@ def _common_manifest(cfg: BuildConfig, src: Path, record: dict | None, info_src:
         "batch": list(resolve_batch(cfg)),
         "host": {"machine": platform.machine(), "cpu": cpu_name(), "python": platform.python_version()},
     }
-
-
-def build_onnxruntime(cfg: BuildConfig, say: Callable[[str], None]) -> BuildResult:
-    import onnxruntime as ort
-
-    from .backends.onnxruntime import optimize_to, quantize_for_cpu
-
-    t0 = time.time()
-    if cfg.precision == Precision.fp16:
-        raise GhostedgeError("--fp16 on the ONNX Runtime CPU backend: CPUs here have no fast FP16 path; use "
-                             "--int8 (fastest on CPU) or --fp32, or --backend tensorrt on an NVIDIA GPU")
-    if cfg.dla_core is not None:
-        raise GhostedgeError("--dla-core needs --backend tensorrt on a Jetson with DLA")
-    fp32_path = _need(cfg.engines / FP32_NAME, "the FP32 ONNX")
-    fp32 = onnx.load(str(fp32_path))
-    record = None
-    if cfg.precision == Precision.int8:
-        record = _record_for(cfg.engines, fp32_path)
-        exclude = [n.name for n in fp32.graph.node if any(p in n.name for p in CPU_FLOAT_PREFIX)]
-        exclude += [n for n in record.get("excluded_nodes", []) if "/se/" not in n]
-        model = quantize_for_cpu(fp32, record, exclude)
-    else:
-        model = fp32
-    out = cfg.out or cfg.engines / f"ghostnet.{cfg.precision.value}.ort.onnx"
-    optimize_to(model, out)
-    man = _common_manifest(cfg, fp32_path, record, fp32_path)
-    man.update({"backend": "onnxruntime", "onnxruntime": ort.__version__, "device": "cpu",
-                "activations": "uint8 asymmetric per-tensor, weights int8 per-channel (QOperator)"
-                if record else "float32"})
-    mp = write_manifest(out, man)
-    return BuildResult(out, mp, "onnxruntime", cfg.precision.value, round(time.time() - t0, 1))
 
 
 def _check_hardware_compat(cfg: BuildConfig, plat: Platform, gpu: dict | None) -> None:
@@ -365,5 +335,14 @@ def build(cfg: BuildConfig, say: Callable[[str], None] = lambda s: None) -> Buil
     backend = choose_backend(cfg, say)
     if backend == Backend.tensorrt:
         return build_tensorrt(cfg, say)
-    return build_onnxruntime(cfg, say)
+    if cfg.precision == Precision.fp16:
+        raise GhostedgeError("--fp16 on a CPU backend: CPUs here have no fast FP16 path; use --int8 (fastest on "
+                             "CPU) or --fp32, or --backend tensorrt on an NVIDIA GPU")
+    if cfg.dla_core is not None:
+        raise GhostedgeError("--dla-core needs --backend tensorrt on a Jetson with DLA")
+    from .build_cpu import build_cpu, choose_cpu_engine
+
+    if cfg.backend == Backend.auto:   # no GPU: the CPU engine is chosen by measurement here
+        return choose_cpu_engine(cfg, say, cfg.threads)
+    return build_cpu(cfg, backend.value, say)
 

@@ -281,7 +281,9 @@ def build(
     fp32: Annotated[bool, typer.Option("--fp32", help="FP32 engine")] = False,
     fp16: Annotated[bool, typer.Option("--fp16", help="FP16 engine (GPU only)")] = False,
     int8: Annotated[bool, typer.Option("--int8", help="INT8 engine from the Q/DQ ONNX (default)")] = False,
-    backend: Annotated[str, typer.Option(help="auto | tensorrt | onnxruntime")] = "auto",
+    backend: Annotated[str, typer.Option(
+        help="auto (TensorRT on a GPU; on a CPU the fastest faithful engine, measured here) | tensorrt | "
+             "onnxruntime | openvino")] = "auto",
     target: Annotated[str, typer.Option(help="auto | orin-nano | orin-nx | agx-orin | xavier-nx | agx-xavier | "
                                              "thor | dgpu")] = "auto",
     batch: Annotated[Optional[str], typer.Option(
@@ -300,7 +302,9 @@ def build(
     out_path: Annotated[Optional[Path], typer.Option("--out", help="engine file to write")] = None,
     frontend: Annotated[str, typer.Option(help="onnx | torch-tensorrt")] = "onnx",
     calib: Annotated[Optional[Path], typer.Option(
-        help="--frontend torch-tensorrt --int8: calibration images (default: ./calib)")] = None,
+        help="calibration images: for --frontend torch-tensorrt --int8 (default ./calib), and for the CPU "
+             "engine choice's accuracy check (default: the folder quantize used)")] = None,
+    threads: Annotated[int, typer.Option(help="CPU engines: threads to measure with (0 = all cores)")] = 0,
     weights: WeightsOpt = None,
     preprocess: PreprocessOpt = None,
     classes: ClassesOpt = None,
@@ -315,7 +319,7 @@ def build(
     try:
         be = Backend(backend)
     except ValueError:
-        raise GhostedgeError(f"--backend {backend!r}: use auto, tensorrt or onnxruntime") from None
+        raise GhostedgeError(f"--backend {backend!r}: use auto, tensorrt, onnxruntime or openvino") from None
     if frontend not in ("onnx", "torch-tensorrt"):
         raise GhostedgeError(f"--frontend {frontend!r}: use onnx or torch-tensorrt")
     if opt_level is not None and not 0 <= opt_level <= 5:
@@ -328,7 +332,7 @@ def build(
                       dla_core=dla_core, gpu_fallback=gpu_fallback, timing_cache=timing_cache,
                       opt_level=opt_level, hardware_compat=hardware_compat,
                       version_compatible=version_compatible, calib_cache=calib_cache, out=out_path,
-                      frontend=frontend, weights=weights, calib=calib,
+                      frontend=frontend, weights=weights, calib=calib, threads=threads,
                       spec=model_spec(None, preprocess, classes))
     r = run_build(cfg, say=_say)
     res = {"engine": str(r.engine), "manifest": str(r.manifest), "backend": r.backend, "precision": r.precision,
@@ -346,7 +350,7 @@ def build(
 
 @app.command()
 def inspect(
-    engine: Annotated[Path, typer.Argument(help="a .plan (TensorRT) or .onnx (ONNX Runtime) engine")],
+    engine: Annotated[Path, typer.Argument(help="a .plan (TensorRT), .onnx (ONNX Runtime) or .xml (OpenVINO) engine")],
     as_json: JsonOpt = False,
 ) -> None:
     """Per-layer table of an engine: type, precision, device, tactic; fallbacks flagged."""
@@ -410,7 +414,8 @@ def _render_bench(res: dict, as_json: bool, report: Optional[Path], plot: Option
 
 @app.command()
 def bench(
-    engines: Annotated[list[Path], typer.Argument(help=".plan (TensorRT) and/or .onnx (ONNX Runtime) engines")],
+    engines: Annotated[list[Path], typer.Argument(
+        help=".plan (TensorRT), .onnx (ONNX Runtime) and/or .xml (OpenVINO) engines")],
     batch: Annotated[str, typer.Option(help="batch sizes, comma-separated")] = "1,8,32",
     img_size: Annotated[Optional[int], typer.Option(help="input size (default: the model's)")] = None,
     warmup: Annotated[int, typer.Option(help="untimed iterations per engine and batch")] = 3,
@@ -454,7 +459,7 @@ def pipeline(
     method: Annotated[str, typer.Option(help="calibration method")] = "mse",
     num_images: Annotated[int, typer.Option(help="calibration images")] = 512,
     calib_batch: Annotated[int, typer.Option(help="calibration batch size")] = 32,
-    backend: Annotated[str, typer.Option(help="auto | tensorrt | onnxruntime")] = "auto",
+    backend: Annotated[str, typer.Option(help="auto | tensorrt | onnxruntime | openvino")] = "auto",
     batch: Annotated[str, typer.Option(help="bench batch sizes")] = "1,8,32",
     img_size: Annotated[Optional[int], typer.Option(help="bench input size (default: the model's)")] = None,
     seconds: Annotated[float, typer.Option(help="bench time per engine and batch")] = 2.0,
@@ -477,7 +482,8 @@ def pipeline(
     try:
         m, be = Method(method), Backend(backend)
     except ValueError:
-        raise GhostedgeError("--method: entropy|minmax|percentile|mse; --backend: auto|tensorrt|onnxruntime") from None
+        raise GhostedgeError("--method: entropy|minmax|percentile|mse; --backend: auto|tensorrt|onnxruntime|openvino") \
+            from None
     batches = _parse_batches(batch)
     _say("[1/3] quantize")
     q = _quantize_with_progress(QuantizeConfig(calib=calib, out=engines, weights=weights, num_classes=num_classes,
@@ -488,14 +494,17 @@ def pipeline(
     _say("[2/3] build")
     from .build import choose_backend
 
-    be = choose_backend(BuildConfig(backend=be), _say)
+    resolved = choose_backend(BuildConfig(backend=be), _say)
+    if resolved != Backend.tensorrt and be == Backend.auto:
+        be = Backend.auto       # on a CPU: each engine chosen by measurement, as ghostedge build does
+    else:
+        be = resolved
     built = []
-    precs = (Precision.fp32, Precision.int8) if be == Backend.onnxruntime else (Precision.fp16, Precision.int8)
+    precs = (Precision.fp16, Precision.int8) if resolved == Backend.tensorrt else (Precision.fp32, Precision.int8)
     for prec in precs:
-        out_path = engines / (f"ghostnet.{prec.value}.plan" if be == Backend.tensorrt else
-                              f"ghostnet.{prec.value}.ort.onnx")
-        r = run_build(BuildConfig(engines=engines, precision=prec, backend=be, out=out_path,
-                                  batch=(1, max(batches), max(batches))), say=_say)
+        out_path = engines / f"ghostnet.{prec.value}.plan" if resolved == Backend.tensorrt else None
+        r = run_build(BuildConfig(engines=engines, precision=prec, backend=be, out=out_path, threads=threads,
+                                  calib=calib, batch=(1, max(batches), max(batches))), say=_say)
         _say(f"  {r.engine} ({r.backend}, {r.precision})")
         built.append(r.engine)
     _say("[3/3] bench")

@@ -42,11 +42,31 @@ def inspect_plan(path: Path) -> list[dict]:
         return inspect_engine(runner.trt, runner.engine)
 
 
+def inspect_openvino(path: Path) -> list[dict]:
+    """The compiled model's runtime view: each layer's type and the precision OpenVINO runs it in."""
+    from .backends.openvino import OpenVinoRunner
+    from .backends.tensorrt import annotate_layers
+    from .manifest import read_manifest
+
+    man = read_manifest(path, required=False) or {}
+    with OpenVinoRunner(path, precision_hint=man.get("precision_hint") or "f32") as r:
+        rows = annotate_layers(r.layers())
+    quantized = any(x["precision"] == "int8" for x in rows)
+    for x in rows:  # a float conv in an INT8 engine is a fallback; reorders / float glue are not
+        if not quantized or x["type"] not in ("Convolution", "FullyConnected", "MatMul"):
+            x["flags"] = [f for f in x["flags"] if f != "fp32"]
+        if x["type"] == "Reorder" and "reformat" not in x["flags"]:
+            x["flags"].append("reformat")
+    return rows
+
+
 def inspect_path(path: Path) -> list[dict]:
     if not path.is_file():
         raise GhostedgeError(f"engine {path} not found: build it with ghostedge build")
     if path.suffix == ".onnx":
         return inspect_onnx(path)
+    if path.suffix == ".xml":
+        return inspect_openvino(path)
     if path.suffix in (".plan", ".engine"):
         return inspect_plan(path)
-    raise GhostedgeError(f"{path}: unknown engine kind {path.suffix!r}: pass a .plan or .onnx engine")
+    raise GhostedgeError(f"{path}: unknown engine kind {path.suffix!r}: pass a .plan, .onnx or .xml engine")

@@ -38,6 +38,23 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+#: the CPU features INT8 / BF16 speed on x86 depends on
+SPEED_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16",
+               "asimddp", "i8mm", "bf16")
+
+
+def cpu_flags() -> list[str]:
+    """Which of SPEED_FLAGS this CPU reports (Linux /proc/cpuinfo)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                have = set(line.split(":", 1)[1].split())
+                return [f for f in SPEED_FLAGS if f in have]
+    except OSError:
+        pass
+    return []
+
+
 def write_manifest(engine: str | Path, data: dict) -> Path:
     data = {"format": MANIFEST_FORMAT, **data, "engine_sha256": file_sha256(engine)}
     return write_text_atomic(manifest_path(engine), json.dumps(data, indent=1))

@@ -50,8 +50,12 @@ def quantizable_nodes(model: onnx.ModelProto) -> list[str]:
             if n.op_type in ("Conv", "Gemm") or _is_residual_add(n, inits, consts)]
 
 
-def plan_placement(model: onnx.ModelProto, exclude: set[str] = frozenset()) -> Placement:
-    """Decide Q/DQ positions. ``exclude``: node names that stay in floating point."""
+def plan_placement(model: onnx.ModelProto, exclude: set[str] = frozenset(), concat_groups: bool = True,
+                   residual_adds: bool = True) -> Placement:
+    """Decide Q/DQ positions. ``exclude``: node names that stay in floating point.
+
+    ``concat_groups`` / ``residual_adds`` False give the CPU variant (Q/DQ at conv inputs only, from the
+    same ranges) that OpenVINO runs faithfully; TensorRT always gets both (the defaults)."""
     inits = {i.name for i in model.graph.initializer}
     consts = {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
     cons = _consumers(model)
@@ -65,13 +69,13 @@ def plan_placement(model: onnx.ModelProto, exclude: set[str] = frozenset()) -> P
             pl.weight_nodes.append(n.name)
             acts[n.input[0]].append((n.name, 0))
             quantized.add(n.name)
-        elif _is_residual_add(n, inits, consts):
+        elif residual_adds and _is_residual_add(n, inits, consts):
             for i, t in enumerate(n.input):
                 acts[t].append((n.name, i))
             quantized.add(n.name)
     # Concat: quantize inputs with the output's scale when every consumer of the output is quantized
     for n in model.graph.node:
-        if n.op_type != "Concat" or n.name in exclude:
+        if not concat_groups or n.op_type != "Concat" or n.name in exclude:
             continue
         out = n.output[0]
         users = cons.get(out, [])

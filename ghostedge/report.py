@@ -24,32 +24,50 @@ def _speed_rows(result: dict) -> list[dict]:
     return ([base] if base and base.get("throughput") else []) + result["engines"]
 
 
+def engine_label(r: dict) -> str:
+    """A short label for terminal tables: 'int8 ort', 'fp16 trt', 'fp32 ov', 'pytorch'."""
+    if r.get("backend") == "torch":
+        return "pytorch"
+    short = {"onnxruntime": "ort", "openvino": "ov", "tensorrt": "trt"}.get(r.get("backend", ""), r.get("backend", "?"))
+    name = Path(r["path"]).name
+    for suffix in (".ort.onnx", ".ov.xml", ".plan", ".engine", ".onnx", ".xml"):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    stem = name.replace("ghostnet.", "").replace("ghostnet", "")
+    label = f"{r.get('precision', '?')} {short}"
+    if stem and stem not in (r.get("precision"), f"{r.get('precision')}"):
+        label += f" {stem[:10]}"
+    return label
+
+
 def bench_tables(result: dict) -> list[Table]:
+    """Terminal tables that stay readable at 80 columns: short labels and headers, nothing wrapped."""
     rows = _speed_rows(result)
-    t = Table(title=f"Speed ({result['img_size']} px; {result['environment'].get('threads')} threads on "
-                    f"{result['environment'].get('cpu')})")
-    for c in ("engine", "backend", "precision", "batch", "images/s", "p50 ms", "p90 ms", "p99 ms", "speed-up"):
-        t.add_column(c, justify="right" if c not in ("engine", "backend", "precision") else "left")
+    env = result["environment"]
+    t = Table(title=f"Speed, {result['img_size']} px, {env.get('threads')} threads, {env.get('cpu')}",
+              title_justify="left")
+    for c in ("engine", "batch", "img/s", "p50 ms", "p90 ms", "p99 ms", "vs torch"):
+        t.add_column(c, justify="left" if c == "engine" else "right", no_wrap=True)
     for r in rows:
         for b, thr in r["throughput"].items():
             lat = r["latency_ms"][b]
             sp = r.get("speedup_vs_baseline", {}).get(b)
-            t.add_row(Path(r["path"]).name, r["backend"], r["precision"], b, _f(thr, 1), _f(lat["p50"]),
-                      _f(lat["p90"]), _f(lat["p99"]), "1.00x (baseline)" if r is result.get("baseline")
-                      else (f"{sp:.2f}x" if sp else "-"))
+            t.add_row(engine_label(r), b, _f(thr, 1), _f(lat["p50"]), _f(lat["p90"]), _f(lat["p99"]),
+                      "1.00x" if r is result.get("baseline") else (f"{sp:.2f}x" if sp else "-"))
     tables = [t]
     if result.get("eval"):
-        a = Table(title=f"Accuracy vs FP32 PyTorch on {result['eval']}")
-        for c in ("engine", "top-1 %", "top-5 %", "drop pts", "agreement %", "cosine", "KL",
-                  "FP32 right / engine wrong", "FP32 wrong / engine right"):
-            a.add_column(c)
+        a = Table(title=f"Accuracy vs FP32 PyTorch, {result['eval']}", title_justify="left")
+        for c in ("engine", "top-1", "top-5", "drop", "agree %", "KL", "lost", "won"):
+            a.add_column(c, justify="left" if c == "engine" else "right", no_wrap=True)
         b = result.get("baseline") or {}
         if b.get("top1") is not None:
-            a.add_row("pytorch fp32", _f(b["top1"]), _f(b["top5"]), "-", "-", "-", "-", "-", "-")
+            a.add_row("pytorch", _f(b["top1"]), _f(b["top5"]), "-", "-", "-", "-", "-")
         for r in result["engines"]:
-            a.add_row(Path(r["path"]).name, _f(r.get("top1")), _f(r.get("top5")), _f(r.get("top1_drop_pts")),
-                      _f(r.get("agreement")), _f(r.get("cosine"), 5), _f(r.get("kl"), 5),
+            a.add_row(engine_label(r), _f(r.get("top1")), _f(r.get("top5")), _f(r.get("top1_drop_pts")),
+                      _f(r.get("agreement")), _f(r.get("kl"), 4),
                       _i(r.get("fp32_right_engine_wrong")), _i(r.get("fp32_wrong_engine_right")))
+        a.caption = "drop in points; lost / won: images FP32 got right and the engine wrong, and the reverse"
         tables.append(a)
     return tables
 
@@ -70,7 +88,9 @@ def bench_markdown(result: dict) -> str:
              f"- machine: {env.get('cpu')} ({env.get('threads')} threads)"
              + (f", GPU {env['gpu']}" if env.get("gpu") else "")
              + (f", nvpmodel {env['nvpmodel']}" if env.get("nvpmodel") else ""),
-             f"- runtimes: onnxruntime {env.get('onnxruntime')}, torch {env.get('torch')}", "",
+             f"- CPU flags: {' '.join(env.get('cpu_flags') or []) or '-'}",
+             f"- runtimes: onnxruntime {env.get('onnxruntime')}, openvino {env.get('openvino')}, torch {env.get('torch')}",
+             "",
              "## Speed", "", "| engine | backend | precision | batch | images/s | p50 ms | p90 ms | p99 ms | speed-up vs FP32 PyTorch |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|"]
     rows = _speed_rows(result)
@@ -125,8 +145,7 @@ def bench_plot(result: dict, dst: Path) -> Path:
     color = {id(r): f"C{i}" for i, r in enumerate(rows)}  # one colour per engine in both panels
     for r in rows:
         bs = [int(b) for b in r["throughput"]]
-        ax.plot(bs, list(r["throughput"].values()), marker="o", color=color[id(r)],
-                label=f"{Path(r['path']).name} ({r['precision']})")
+        ax.plot(bs, list(r["throughput"].values()), marker="o", color=color[id(r)], label=engine_label(r))
     ax.set_xlabel("batch")
     ax.set_ylabel("images/s")
     ax.set_xscale("log", base=2)
@@ -135,18 +154,27 @@ def bench_plot(result: dict, dst: Path) -> Path:
     ax.grid(alpha=0.3)
     if has_acc:
         ax2 = axes[0][1]
-        bmax = str(max(result["batches"]))
         key = "top1" if any(r.get("top1") is not None for r in result["engines"]) else "agreement"
-        for r in result["engines"]:
-            ax2.scatter(r["throughput"][bmax], r.get(key), s=60, color=color.get(id(r)))
-            ax2.annotate(Path(r["path"]).name, (r["throughput"][bmax], r.get(key)), fontsize=8)
+        markers = dict(zip(result["batches"], "osD^v<>ph*"))
         b = result.get("baseline") or {}
+        points = [(r, r.get(key)) for r in result["engines"]]
         if key == "top1" and b.get("top1") is not None and b.get("throughput"):
-            ax2.scatter(b["throughput"][bmax], b["top1"], marker="*", s=120, color=color.get(id(b)))
-            ax2.annotate("pytorch fp32", (b["throughput"][bmax], b["top1"]), fontsize=8)
-        ax2.set_xlabel(f"images/s at batch {bmax}")
+            points.append((b, b["top1"]))
+        for r, acc in points:
+            if acc is None:
+                continue
+            xs = [r["throughput"][str(bt)] for bt in result["batches"] if str(bt) in r["throughput"]]
+            ax2.plot(xs, [acc] * len(xs), color=color.get(id(r)), alpha=0.4, lw=1)
+            for bt in result["batches"]:
+                if str(bt) in r["throughput"]:
+                    ax2.scatter(r["throughput"][str(bt)], acc, marker=markers[bt], s=50, color=color.get(id(r)))
+            ax2.annotate(engine_label(r), (max(xs), acc), fontsize=8, xytext=(4, 4), textcoords="offset points")
+        for bt, mk in markers.items():
+            ax2.scatter([], [], marker=mk, color="grey", label=f"batch {bt}")
+        ax2.legend(fontsize=8, loc="lower right")
+        ax2.set_xlabel("images/s")
         ax2.set_ylabel("top-1 %" if key == "top1" else "top-1 agreement with FP32 %")
-        ax2.set_title("Accuracy / speed trade-off")
+        ax2.set_title("Accuracy against speed")
         ax2.grid(alpha=0.3)
     fig.tight_layout()
     with atomic_path(dst) as tmp:

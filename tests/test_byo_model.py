@@ -213,3 +213,37 @@ def test_description_travels_from_quantize_to_build_and_bench(foreign: Path, odd
            "--batch", "4", "--threads", "1", "--preprocess", "size=64")
     assert r.returncode == 0 and "exporting" in r.stderr, r.stderr
     assert json.loads((eng / "ghostnet.calib.json").read_text())["img_size"] == 64
+
+
+BYO = Path(__file__).resolve().parent / "data" / "byo"
+SHIPPED = sorted(BYO.glob("*.pth")) if BYO.is_dir() else []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("weights", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_shipped_foreign_ghostnets_go_through_the_pipeline(weights: Path, tmp_path: Path):
+    """GhostNets trained differently from the reference (width, resolution, optimizer, preprocessing), as
+    plain state dicts + sidecars: pipeline end to end with no flag but --weights."""
+    from .conftest import IMAGENETTE
+
+    side = json.loads(Path(str(weights) + ".json").read_text())
+    calib = IMAGENETTE / "train" if IMAGENETTE.is_dir() else Path(__file__).resolve().parents[1] / "calib"
+    ev = IMAGENETTE / "val" if IMAGENETTE.is_dir() else calib
+    eng = tmp_path / "engines"
+    r = ge("pipeline", "--weights", str(weights), "--calib", str(calib), "--num-images", "48", "--calib-batch", "16",
+           "--batch", "1,4", "--seconds", "0.2", "--eval", str(ev), "--max-eval-images", "300",
+           "--engines", str(eng), "--report", str(tmp_path / "r.md"), "--json", "--threads", "2")
+    assert r.returncode == 0, r.stderr[-3000:]
+    d = json.loads(r.stdout)
+    assert d["img_size"] == side["input_size"] and d["eval_img_size"] == side["input_size"]
+    meta = {p.key: p.value for p in onnx.load(str(eng / "ghostnet.onnx")).metadata_props}
+    pre = json.loads(meta["preprocess"])
+    assert pre["interpolation"] == side["interpolation"] and pre["mean"] == side["mean"]
+    assert round(pre["input_size"] / pre["crop_pct"]) == side["resize"]
+    if "classes" not in side:
+        assert "ImageFolder convention" in r.stderr
+    if IMAGENETTE.is_dir():
+        # the right preprocessing and class mapping: near the model's own validation top-1, far above chance
+        assert d["baseline"]["top1"] > 100 * side["trained"]["val_top1"] - 8, (d["baseline"]["top1"], side)
+        for e in d["engines"]:
+            assert e["agreement"] > 85, e

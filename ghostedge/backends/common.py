@@ -11,6 +11,7 @@ class Backend(str, Enum):
     auto = "auto"
     tensorrt = "tensorrt"
     onnxruntime = "onnxruntime"
+    openvino = "openvino"
 
 
 class Precision(str, Enum):

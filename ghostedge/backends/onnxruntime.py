@@ -39,8 +39,35 @@ def shared_ranges(ranges: dict[str, tuple[float, float]], groups: list[list[str]
     return out
 
 
+#: the onnxruntime releases quantize_for_cpu is tested with: it drives ONNX Runtime's ONNXQuantizer,
+#: whose constructor is not a public API and has changed between releases (pyproject pins the same range)
+ORT_TESTED = ((1, 32), (1, 33))
+
+
+def check_ort_version(version: str) -> None:
+    v = tuple(int("".join(c for c in p if c.isdigit()) or 0) for p in (version.split(".") + ["0"])[:2])
+    lo, hi = ORT_TESTED
+    if not lo <= v < hi:
+        raise GhostedgeError(f"onnxruntime {version} is outside the range ghostedge's CPU INT8 builder is tested "
+                             f"with ({lo[0]}.{lo[1]} to below {hi[0]}.{hi[1]}): pip install "
+                             f"'onnxruntime>={lo[0]}.{lo[1]},<{hi[0]}.{hi[1]}', or build with --backend openvino")
+
+
+def calibrated_ranges(tensors: dict) -> dict[str, tuple[float, float]]:
+    """Each tensor's observed min/max clipped to the calibration's chosen |range| (amax): the method's
+    outlier clipping (mse, percentile, entropy) carries over to the asymmetric uint8 graph."""
+    out = {}
+    for k, v in tensors.items():
+        lo, hi, amax = float(v["min"]), float(v["max"]), float(v.get("amax", max(abs(v["min"]), abs(v["max"]))))
+        out[k] = (max(lo, -amax), min(hi, amax))
+    return out
+
+
 def quantize_for_cpu(fp32: onnx.ModelProto, record: dict, exclude: list[str] | None = None) -> onnx.ModelProto:
-    """u8s8 QOperator model from the FP32 ONNX and the calibration record's min/max."""
+    """u8s8 QOperator model from the FP32 ONNX and the calibration record's calibrated ranges."""
+    import onnxruntime
+
+    check_ort_version(onnxruntime.__version__)
     from onnxruntime.quantization import QuantType
     from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
     from onnxruntime.quantization.onnx_quantizer import ONNXQuantizer
@@ -53,8 +80,7 @@ def quantize_for_cpu(fp32: onnx.ModelProto, record: dict, exclude: list[str] | N
     if missing:
         raise GhostedgeError(f"the calibration record lacks ranges for {len(missing)} tensor(s) of the FP32 "
                              f"ONNX (e.g. {missing[0]}): it was made for another model; rerun ghostedge quantize")
-    ranges = shared_ranges({k: (float(v["min"]), float(v["max"])) for k, v in tensors.items()},
-                           concat_groups(fp32))
+    ranges = shared_ranges(calibrated_ranges(tensors), concat_groups(fp32))
     data = TensorsData(CalibrationMethod.MinMax, {
         k: TensorData(lowest=np.float32(min(lo, 0.0)), highest=np.float32(max(hi, 0.0)))
         for k, (lo, hi) in ranges.items()})
