@@ -7,9 +7,13 @@ profile's batch sizes here, checks that it keeps the calibration's accuracy (top
 against the Q/DQ estimate's, on held-out calibration images), keeps the fastest faithful one and
 records every candidate in the manifest. ``--backend onnxruntime|openvino`` forces one.
 
-Candidates (INT8): ONNX Runtime u8s8 QOperator from the record's calibrated ranges; OpenVINO running
-the TensorRT-rule Q/DQ ONNX (float layers in f32, and in bf16 where the CPU has it). FP32: ONNX Runtime
-and OpenVINO on the FP32 ONNX.
+Candidates (INT8), all from the same record: ONNX Runtime u8s8 QOperator from the calibrated ranges;
+OpenVINO running the TensorRT-rule Q/DQ ONNX as it is; and OpenVINO running a CPU variant of it: the
+same calibrated ranges, non-negative (ReLU) activations on the u8 grid [0, amax] instead of the s8 grid
+[-amax, amax], and no shared Concat scales (OpenVINO 2026.4's CPU plugin computed the block-0 ghost
+conv's symmetric-int8 input wrongly here: 92% top-1 agreement with FP32 against the Q/DQ estimate's
+99%; on the u8 grid it agrees with the estimate), float layers in f32, and in bf16 where the CPU has
+it. FP32: ONNX Runtime and OpenVINO on the FP32 ONNX. The Q/DQ ONNX TensorRT gets is never changed.
 """
 
 from __future__ import annotations
@@ -87,15 +91,38 @@ def build_onnxruntime_engine(cfg, dst: Path, record: dict | None) -> Path:  # no
     return optimize_to(model, dst)
 
 
-def build_openvino_engine(cfg, dst: Path) -> Path:  # noqa: ANN001 (BuildConfig)
-    """IR with a dynamic batch and a static H x W (OpenVINO's CPU plugin runs static spatial shapes faster)."""
+def cpu_qdq_variant(fp32: onnx.ModelProto, record: dict) -> onnx.ModelProto:
+    """The calibration's Q/DQ graph for CPUs: the same amax per tensor, ReLU outputs (min >= 0) on the u8
+    grid [0, amax], Q/DQ at the inputs of convs and residual adds, no shared Concat scales."""
+    from .qdq import plan_placement, insert_qdq
+
+    t = record["tensors"]
+    amax = {k: float(v["amax"]) for k, v in t.items()}
+    nonneg = {k for k, v in t.items() if float(v["min"]) >= 0.0}
+    pl = plan_placement(fp32, set(record.get("excluded_nodes", [])), concat_groups=False)
+    return insert_qdq(fp32, pl, amax, unsigned=nonneg)
+
+
+def build_openvino_engine(cfg, dst: Path, variant: str = "qdq", record: dict | None = None) -> Path:  # noqa: ANN001
+    """IR with a dynamic batch and a static H x W (OpenVINO's CPU plugin runs static spatial shapes faster).
+    ``variant``: "qdq" (the TensorRT-rule Q/DQ ONNX as it is) or "u8" (``cpu_qdq_variant``)."""
     from .backends.openvino import save_ir
     from .build import FP32_NAME, INT8_NAME
+    from .errors import write_bytes_atomic
     from .export import read_onnx_info
 
     src = cfg.engines / (INT8_NAME if cfg.precision == Precision.int8 else FP32_NAME)
     info = read_onnx_info(src)
-    return save_ir(src, dst, cfg.img_size or (info.preprocess.input_size if info else None))
+    size = cfg.img_size or (info.preprocess.input_size if info else None)
+    if variant == "u8" and cfg.precision == Precision.int8:
+        tmp = dst.with_name(f".{dst.stem}.u8.onnx")
+        try:
+            write_bytes_atomic(tmp, cpu_qdq_variant(onnx.load(str(cfg.engines / FP32_NAME)), record)
+                               .SerializeToString())
+            return save_ir(tmp, dst, size)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return save_ir(src, dst, size)
 
 
 def _candidates(cfg, tmp: Path) -> list[Candidate]:  # noqa: ANN001
@@ -108,14 +135,18 @@ def _candidates(cfg, tmp: Path) -> list[Candidate]:  # noqa: ANN001
         caps = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
     except GhostedgeError:
         return out
-    kind = "qdq" if cfg.precision == Precision.int8 else "fp32"
-    out.append(Candidate(f"openvino-{kind}-f32", "openvino", tmp / "c1.ov.xml", precision_hint="f32"))
-    if "BF16" in caps:
-        out.append(Candidate(f"openvino-{kind}-bf16", "openvino", tmp / "c1.ov.xml", precision_hint="bf16"))
+    bf16 = "BF16" in caps
+    if cfg.precision != Precision.int8:  # an FP32 engine stays FP32 (no bf16 float layers)
+        out.append(Candidate("openvino-fp32", "openvino", tmp / "c1.ov.xml", precision_hint="f32"))
+        return out
+    out.append(Candidate("openvino-qdq-f32", "openvino", tmp / "c1.ov.xml", precision_hint="f32"))
+    out.append(Candidate("openvino-u8-f32", "openvino", tmp / "c2.ov.xml", precision_hint="f32"))
+    if bf16:
+        out.append(Candidate("openvino-u8-bf16", "openvino", tmp / "c2.ov.xml", precision_hint="bf16"))
     return out
 
 
-def _holdout(cfg, record: dict | None, info) -> np.ndarray:  # noqa: ANN001
+def _holdout(cfg, record: dict | None, info, size: int) -> np.ndarray:  # noqa: ANN001
     """Held-out calibration images (not used for calibration), preprocessed as the model says."""
     from .data import load_images, normalize, sample_images
 
@@ -128,7 +159,7 @@ def _holdout(cfg, record: dict | None, info) -> np.ndarray:  # noqa: ANN001
     seed = int(record.get("seed", 0)) if record else 0
     picked = sample_images(folder, n_cal + SELECT_IMAGES, seed)
     paths = picked[n_cal:] or picked[:SELECT_IMAGES]
-    u8, _, _ = load_images(paths, info.preprocess, what=f"held-out images in {folder}")
+    u8, _, _ = load_images(paths, info.preprocess, size, what=f"held-out images in {folder}")
     return normalize(u8, info.preprocess)
 
 
@@ -154,14 +185,22 @@ def choose_cpu_engine(cfg, say: Callable[[str], None], threads: int = 0) -> Buil
     from .model import ModelInfo
     from .quantize import ort_logits
 
+    from .build import RECORD_NAME
+
     t0 = time.time()
     fp32_path = _need(cfg.engines / FP32_NAME, "the FP32 ONNX")
-    record = _record_for(cfg.engines, fp32_path) if cfg.precision == Precision.int8 else None
+    int8 = cfg.precision == Precision.int8
+    have_record = int8 or (cfg.engines / RECORD_NAME).is_file()
+    calib_record = _record_for(cfg.engines, fp32_path) if have_record else None
+    record = calib_record if int8 else None
     info = read_onnx_info(fp32_path) or ModelInfo()
     size = cfg.img_size or info.preprocess.input_size
     b0, _, b2 = resolve_batch(cfg)
     batches = sorted({b0, b2})
-    x = _holdout(cfg, record, info)
+    if int8 or cfg.calib or calib_record:
+        x = _holdout(cfg, calib_record, info, size)
+    else:  # an FP32 engine without a calibration folder: same function, checked on noise images
+        x = np.random.default_rng(1).standard_normal((32, 3, size, size), dtype=np.float32)
     ref = ort_logits(fp32_path, x, threads=threads)
     est = ort_logits(_need(cfg.engines / INT8_NAME, "the Q/DQ ONNX"), x, threads=threads) \
         if cfg.precision == Precision.int8 else ref
@@ -179,7 +218,7 @@ def choose_cpu_engine(cfg, say: Callable[[str], None], threads: int = 0) -> Buil
                 if c.backend == "onnxruntime":
                     build_onnxruntime_engine(cfg, c.path, record)
                 elif str(c.path) not in built:
-                    build_openvino_engine(cfg, c.path)
+                    build_openvino_engine(cfg, c.path, "u8" if "-u8-" in c.name else "qdq", record)
                 built[str(c.path)] = c.path
                 c.build_seconds = time.time() - tc
                 with _open(c, threads) as r:
@@ -216,11 +255,11 @@ def choose_cpu_engine(cfg, say: Callable[[str], None], threads: int = 0) -> Buil
                                     "qdq_estimate_agreement_fp32": round(est_agree, 2), "tolerance_pts": tol,
                                     "candidates": [c.record() for c in cands],
                                     "seconds": round(time.time() - t0, 1)},
-                               _common_manifest)
+                               _common_manifest, best.name)
 
 
 def _write_cpu_manifest(cfg, backend: str, hint: str | None, record: dict | None, fp32_path: Path,  # noqa: ANN001
-                        t0: float, selection: dict | None, common) -> BuildResult:  # noqa: ANN001
+                        t0: float, selection: dict | None, common, variant: str) -> BuildResult:  # noqa: ANN001
     from .manifest import write_manifest
 
     man = common(cfg, fp32_path, record, fp32_path)
@@ -233,10 +272,16 @@ def _write_cpu_manifest(cfg, backend: str, hint: str | None, record: dict | None
     else:
         from .backends.openvino import import_openvino
 
+        from .export import read_onnx_info
+
+        info = read_onnx_info(fp32_path)
         man.update({"backend": "openvino", "openvino": import_openvino().__version__, "device": "cpu",
-                    "precision_hint": hint,
-                    "activations": "the TensorRT-rule Q/DQ graph as FakeQuantize (int8 convs)" if record
-                    else "float32"})
+                    "precision_hint": hint, "img_size": cfg.img_size or (info.preprocess.input_size if info else None),
+                    "variant": variant,
+                    "activations": ("the TensorRT-rule Q/DQ graph as FakeQuantize (int8 convs)" if "-qdq-" in variant
+                                    else "the calibrated ranges as FakeQuantize, ReLU outputs on the u8 grid "
+                                         "[0, amax], others s8 [-amax, amax], weights int8 per-channel")
+                    if record else "float32"})
     if selection:
         man["selection"] = selection
     mp = write_manifest(cfg.out, man)
@@ -254,7 +299,10 @@ def build_cpu(cfg, backend: str, say: Callable[[str], None]) -> BuildResult:  # 
     if backend == "onnxruntime":
         build_onnxruntime_engine(cfg, out, record)
         hint = None
-    else:
-        build_openvino_engine(cfg, out)
+    else:  # forced OpenVINO INT8: the CPU variant (faithful on the CPUs measured), f32 float layers
+        build_openvino_engine(cfg, out, "u8", record)
         hint = "f32"
-    return _write_cpu_manifest(replace(cfg, out=out), backend, hint, record, fp32_path, t0, None, _common_manifest)
+    variant = ("onnxruntime-u8s8" if record else "onnxruntime-fp32") if backend == "onnxruntime" else \
+        ("openvino-u8-f32" if record else "openvino-fp32")
+    return _write_cpu_manifest(replace(cfg, out=out), backend, hint, record, fp32_path, t0, None, _common_manifest,
+                               variant)

@@ -115,8 +115,13 @@ def _const(name: str, arr: np.ndarray) -> onnx.TensorProto:
     return numpy_helper.from_array(arr, name)
 
 
-def insert_qdq(model: onnx.ModelProto, placement: Placement, amax: dict[str, float]) -> onnx.ModelProto:
-    """A copy of model with symmetric int8 Q/DQ inserted per placement; amax per activation tensor."""
+def insert_qdq(model: onnx.ModelProto, placement: Placement, amax: dict[str, float],
+               unsigned: frozenset[str] | set[str] = frozenset()) -> onnx.ModelProto:
+    """A copy of model with symmetric int8 Q/DQ inserted per placement; amax per activation tensor.
+
+    ``unsigned``: activation tensors known to be >= 0 (ReLU outputs) that get uint8 [0, amax] instead
+    (zero point 0, scale amax/255): the same calibrated range on the CPU's native u8 grid (the OpenVINO
+    CPU variant). TensorRT always gets the default (all symmetric int8)."""
     m = onnx.ModelProto()
     m.CopyFrom(model)
     g = m.graph
@@ -130,9 +135,11 @@ def insert_qdq(model: onnx.ModelProto, placement: Placement, amax: dict[str, flo
     dq_of: dict[str, str] = {}
     for t in placement.act_consumers:
         a = float(amax.get(t, 0.0))
-        scale = np.float32(max(a, 1e-8) / QMAX)
+        u = t in unsigned
+        scale = np.float32(max(a, 1e-8) / (255.0 if u else QMAX))
         s_name, z_name = f"{t}_scale", f"{t}_zero_point"
-        new_inits += [_const(s_name, np.array(scale, np.float32)), _const(z_name, np.array(0, np.int8))]
+        new_inits += [_const(s_name, np.array(scale, np.float32)),
+                      _const(z_name, np.array(0, np.uint8 if u else np.int8))]
         q_out, dq_out = f"{t}_quantized", f"{t}_dequantized"
         new_nodes.append(helper.make_node("QuantizeLinear", [t, s_name, z_name], [q_out], name=f"{t}_QuantizeLinear"))
         new_nodes.append(helper.make_node("DequantizeLinear", [q_out, s_name, z_name], [dq_out],

@@ -97,14 +97,16 @@ def test_quantize_build_bench_on_cpu(tmp_path: Path, tiny_weights: Path, image_f
            "--num-images", "12", "--batch", "4", "--eval", str(image_folder), "--threads", "1")
     assert r.returncode == 0, r.stderr
     assert "ONNX Runtime CPU" in r.stdout and "top-1 agreement" in r.stdout
+    built = {}
     for prec in ("fp32", "int8"):
-        r = ge("build", f"--{prec}", "--engines", str(eng))
+        r = ge("build", f"--{prec}", "--engines", str(eng), "--json")
         assert r.returncode == 0, r.stderr
-        assert "building for ONNX Runtime" in r.stderr  # auto fell back, and said so
+        assert "building for this CPU" in r.stderr and "chose" in r.stderr  # auto chose by measurement, said so
+        built[prec] = json.loads(r.stdout)["engine"]
     r = ge("build", "--fp16", "--engines", str(eng), "--backend", "onnxruntime")
     assert r.returncode == 2 and "--fp16" in r.stderr
     report, plot = tmp_path / "r.md", tmp_path / "p.png"
-    r = ge("bench", str(eng / "ghostnet.fp32.ort.onnx"), str(eng / "ghostnet.int8.ort.onnx"), "--batch", "1,4",
+    r = ge("bench", built["fp32"], built["int8"], "--batch", "1,4",
            "--iters", "3", "--warmup", "1", "--eval", str(image_folder), "--json", "--report", str(report),
            "--plot", str(plot), "--threads", "1")
     assert r.returncode == 0, r.stderr
@@ -117,13 +119,17 @@ def test_quantize_build_bench_on_cpu(tmp_path: Path, tiny_weights: Path, image_f
     assert report.read_text().startswith("# ghostedge bench report")
     assert plot.read_bytes()[:4] == b"\x89PNG"
     # a gate that cannot pass exits 1
-    r = ge("bench", str(eng / "ghostnet.int8.ort.onnx"), "--batch", "1", "--iters", "2", "--baseline", "none",
+    r = ge("bench", built["int8"], "--batch", "1", "--iters", "2", "--baseline", "none",
            "--eval", str(image_folder), "--max-drop", "-1", "--threads", "1")
     assert r.returncode == 1 and "accuracy gate failed" in r.stderr
-    r = ge("inspect", str(eng / "ghostnet.int8.ort.onnx"), "--json")
+    r = ge("inspect", built["int8"], "--json")
     assert r.returncode == 0
     layers = json.loads(r.stdout)["layers"]
-    assert any(x["type"] == "QLinearConv" and x["precision"] == "int8" for x in layers)
+    assert any(x["type"] in ("QLinearConv", "Convolution") and x["precision"] == "int8" for x in layers)
+    r = ge("build", "--int8", "--engines", str(eng), "--backend", "onnxruntime")   # forced: no choice made
+    assert r.returncode == 0 and "chose" not in r.stderr, r.stderr
+    r = ge("inspect", str(eng / "ghostnet.int8.ort.onnx"), "--json")
+    assert any(x["type"] == "QLinearConv" and x["precision"] == "int8" for x in json.loads(r.stdout)["layers"])
 
 
 @pytest.mark.parametrize("case", ["missing", "empty", "truncated", "wrong_kind", "plan_no_trt", "unknown_classes"])

@@ -118,3 +118,31 @@ def test_bench_table_fits_80_columns(engines_copy: Path, image_folder: Path):
     lines = r.stdout.splitlines()
     assert max(len(x) for x in lines) <= 80
     assert "…" not in r.stdout and "img/s" in r.stdout and "agree %" in r.stdout
+
+
+def test_cpu_qdq_variant_keeps_the_ranges_and_leaves_the_tensorrt_graph_alone(engines_copy: Path):
+    import onnx
+    from onnx import numpy_helper
+
+    from ghostedge.build_cpu import cpu_qdq_variant
+    from ghostedge.quantize import load_record
+
+    before = (engines_copy / "ghostnet.int8.onnx").read_bytes()
+    rec = load_record(engines_copy / "ghostnet.calib.json")
+    v = cpu_qdq_variant(onnx.load(str(engines_copy / "ghostnet.onnx")), rec)
+    inits = {t.name: numpy_helper.to_array(t) for t in v.graph.initializer}
+    seen = 0
+    for n in v.graph.node:
+        if n.op_type != "QuantizeLinear" or n.input[0] not in rec["tensors"]:
+            continue
+        t = rec["tensors"][n.input[0]]
+        scale, zp = float(inits[n.input[1]]), inits[n.input[2]]
+        if t["min"] >= 0:
+            assert zp.dtype == np.uint8 and abs(scale * 255 - t["amax"]) < 1e-5 * max(1.0, t["amax"])
+        else:
+            assert zp.dtype == np.int8 and abs(scale * 127 - t["amax"]) < 1e-5 * max(1.0, t["amax"])
+        seen += 1
+    assert seen > 10
+    assert not [n for n in v.graph.node if n.op_type == "Concat" and any("dequantized" in i for i in n.input)]
+    build(BuildConfig(engines=engines_copy, precision=Precision.int8, backend=Backend.openvino))
+    assert (engines_copy / "ghostnet.int8.onnx").read_bytes() == before   # TensorRT's Q/DQ ONNX untouched

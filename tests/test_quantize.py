@@ -207,12 +207,13 @@ WN0 = "n01440764"
 
 
 def test_build_refuses_a_record_made_for_other_weights(engines_copy: Path):
-    from ghostedge.build import BuildConfig, Precision, build_onnxruntime
+    from ghostedge.build import Backend, BuildConfig, Precision, build
 
     rec_path = engines_copy / RECORD_NAME
     rec = json.loads(rec_path.read_text())
     rec["model"]["fingerprint"] = "0123456789abcdef"
     rec_path.write_text(json.dumps(rec))
-    with pytest.raises(GhostedgeError, match="calibrated for other weights"):
-        build_onnxruntime(BuildConfig(engines=engines_copy, precision=Precision.int8), lambda s: None)
-    assert not (engines_copy / "ghostnet.int8.ort.onnx").exists()
+    for be in (Backend.onnxruntime, Backend.openvino, Backend.auto):
+        with pytest.raises(GhostedgeError, match="calibrated for other weights"):
+            build(BuildConfig(engines=engines_copy, precision=Precision.int8, backend=be))
+    assert not [p for p in engines_copy.iterdir() if ".ort." in p.name or ".ov." in p.name]

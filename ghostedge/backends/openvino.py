@@ -93,7 +93,14 @@ class OpenVinoRunner(BaseRunner):
         self.request = self.compiled.create_infer_request()
 
     def infer_impl(self, x: np.ndarray) -> np.ndarray:
-        return np.array(self.request.infer({0: x})[0], copy=True)
+        try:
+            return np.array(self.request.infer({0: x})[0], copy=True)
+        except RuntimeError as e:
+            if "incompatible" in str(e) or "dims" in str(e):
+                shape = self.compiled.input(0).get_partial_shape()
+                raise GhostedgeError(f"{self.path.name} takes inputs of shape {shape}, not {tuple(x.shape)}: bench it "
+                                     "at the --img-size it was built for, or rebuild with --img-size") from None
+            raise
 
     def deactivate_impl(self) -> None:
         self.request = self.compiled = None
