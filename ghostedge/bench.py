@@ -22,7 +22,7 @@ from .backends.base import BaseRunner
 from .data import class_folders, find_images, labelled_set, load_images, normalize
 from .drift import compare
 from .errors import CheckFailed, GhostedgeError
-from .manifest import cpu_flags, cpu_name, read_manifest
+from .manifest import cpu_flags, cpu_name, read_manifest, version_tuple
 from .model import ModelInfo, ModelSpec, check_against, load_model
 from .resources import check_batch, check_images
 
@@ -99,10 +99,6 @@ def _check_file(path: Path) -> None:
 VC_MAJOR_STEPS = {(8, 10), (10, 11)}
 
 
-def _vt(v: str) -> tuple[int, ...]:
-    return tuple(int("".join(c for c in p if c.isdigit()) or 0) for p in (str(v).split(".") + ["0", "0"])[:3])
-
-
 def runtime_can_load(built: str, here: str, version_compatible: bool) -> bool:
     """Same TensorRT, or (version-compatible engines) the same or a later runtime of the same major or one
     major step on (8 -> 10, 10 -> 11)."""
@@ -110,7 +106,7 @@ def runtime_can_load(built: str, here: str, version_compatible: bool) -> bool:
         return True
     if not version_compatible:
         return False
-    b, h = _vt(built), _vt(here)
+    b, h = version_tuple(built), version_tuple(here)
     return h >= b and (h[0] == b[0] or (b[0], h[0]) in VC_MAJOR_STEPS)
 
 
@@ -122,7 +118,7 @@ def gpu_can_load(man: dict, gpu: dict, here_jetson: bool) -> bool:
         return True
     if not man.get("hardware_compat") or here_jetson or man.get("jetpack") or man.get("l4t"):
         return False
-    return _vt(here_cc or "0")[:2] >= (8, 0) and _vt(built_cc or "0")[:2] >= (8, 0)
+    return version_tuple(here_cc or "0")[:2] >= (8, 0) and version_tuple(built_cc or "0")[:2] >= (8, 0)
 
 
 def check_plan_manifest(man: dict, trt_version: str | None, gpu: dict | None, here_jetson: bool = False) -> None:

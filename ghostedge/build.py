@@ -20,7 +20,7 @@ from . import __version__
 from .backends.common import Backend, BuildResult, Precision  # noqa: F401  (re-exported)
 from .errors import GhostedgeError, write_bytes_atomic
 from .export import INPUT_NAME, fp16_onnx, read_onnx_info
-from .manifest import cpu_name, file_sha256, write_manifest
+from .manifest import cpu_name, file_sha256, version_tuple, write_manifest
 from .model import ModelSpec, check_against
 from .quantize import CACHE_NAME, FP32_NAME, INT8_NAME, RECORD_NAME, calib_cache_text, load_record, \
     parse_calib_cache, trt_version_int
@@ -212,7 +212,8 @@ def _cache_stamp_warning(cache: Path, plat: Platform, say: Callable[[str], None]
 def build_tensorrt(cfg: BuildConfig, say: Callable[[str], None], trt=None, gpu: dict | None = None) -> BuildResult:
     """``trt`` / ``gpu``: the TensorRT module and device description (default: import / query them)."""
     from .backends.tensorrt import TrtBuildSettings, build_serialized, cuda_probe, dla_explicit_int8, \
-        dla_supported, import_tensorrt, use_strong_typing, version_tuple
+        dla_supported, import_tensorrt, use_strong_typing
+    from .backends.tensorrt import version_tuple as trt_version
 
     t0 = time.time()
     plat = resolve(cfg.target)
@@ -239,7 +240,7 @@ def build_tensorrt(cfg: BuildConfig, say: Callable[[str], None], trt=None, gpu: 
         src_name = FP32_NAME if uses_cache or cfg.precision != Precision.int8 else INT8_NAME
         if uses_cache:
             _cache_stamp_warning(calib_cache or cfg.engines / CACHE_NAME, plat, say)
-        exp = version_tuple_str(plat.expected_trt) if plat.expected_trt else (10, 3, 0)
+        exp = version_tuple(plat.expected_trt) if plat.expected_trt else (10, 3, 0)
         cmd = trtexec_command(src_name, replace(cfg, batch=batch), plat, out.name, img, exp,
                               cache_name=CACHE_NAME if uses_cache else None)
         raise GhostedgeError(f"TensorRT is not installed here: build on the target board instead: copy "
@@ -247,7 +248,7 @@ def build_tensorrt(cfg: BuildConfig, say: Callable[[str], None], trt=None, gpu: 
                              f"`ghostedge build` (or: {cmd}; TensorRT 10.12+ and 11 build strongly typed from the "
                              "FP16-typed ONNX that ghostedge build writes, without --fp16/--int8/--calib); or use "
                              "--backend onnxruntime here") from None
-    ver = version_tuple(trt)
+    ver = trt_version(trt)
     if dla and not dla_supported(ver):
         raise GhostedgeError(f"--dla-core: TensorRT {trt.__version__} cannot build for DLA (10.7 was the last 10.x "
                              "release with DLA; 11.0-11.3 have none): build for the GPU, or use JetPack 6 / 5")
@@ -316,10 +317,6 @@ def build_tensorrt(cfg: BuildConfig, say: Callable[[str], None], trt=None, gpu: 
     mp = write_manifest(out, man)
     return BuildResult(out, mp, "tensorrt", cfg.precision.value, round(time.time() - t0, 1), trtexec=trtexec,
                        dla_fallback_layers=rep.dla_fallback_layers)
-
-
-def version_tuple_str(v: str) -> tuple[int, ...]:
-    return tuple(int("".join(c for c in p if c.isdigit()) or 0) for p in (v.split(".") + ["0", "0"])[:3])
 
 
 def build(cfg: BuildConfig, say: Callable[[str], None] = lambda s: None) -> BuildResult:

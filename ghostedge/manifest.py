@@ -38,6 +38,12 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def version_tuple(v: str) -> tuple[int, int, int]:
+    """'10.16.1.11' -> (10, 16, 1); '8.6' -> (8, 6, 0); digits only in each part ('2.13.0+cu128' works)."""
+    parts = (str(v).split("+")[0].split(".") + ["0", "0"])[:3]
+    return tuple(int("".join(c for c in p if c.isdigit()) or 0) for p in parts)  # type: ignore[return-value]
+
+
 #: the CPU features INT8 / BF16 speed on x86 depends on
 SPEED_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16",
                "asimddp", "i8mm", "bf16")

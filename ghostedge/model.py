@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -303,9 +304,7 @@ def parse_preprocess(spec: str, base: "Preprocess | None" = None) -> tuple["Prep
         if resize < d["input_size"]:
             raise GhostedgeError(f"--preprocess resize={resize} is smaller than size={d['input_size']}: the "
                                  "center crop must fit inside the resized image")
-        d["crop_pct"] = d["input_size"] / resize
-    elif "input_size" in given and "crop_pct" not in given and base is not None and base.input_size:
-        pass  # a new size keeps the crop ratio
+        d["crop_pct"] = d["input_size"] / resize   # else a new size keeps the crop ratio
     return Preprocess.from_dict(d).check(), given
 
 
@@ -494,7 +493,7 @@ class ModelSpec:
 
 
 SIDECAR_NAMES = ("{name}.json", "{stem}.json", "config.json")
-_WNID = __import__("re").compile(r"^n\d{8}$")
+_WNID = re.compile(r"^n\d{8}$")
 
 
 def find_sidecar(weights: Path) -> Path | None:

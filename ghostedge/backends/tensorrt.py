@@ -41,8 +41,9 @@ def import_tensorrt() -> ModuleType:
 
 
 def version_tuple(trt: ModuleType) -> tuple[int, int, int]:
-    parts = (str(getattr(trt, "__version__", "0.0.0")).split(".") + ["0", "0"])[:3]
-    return tuple(int("".join(ch for ch in p if ch.isdigit()) or 0) for p in parts)  # type: ignore[return-value]
+    from ..manifest import version_tuple as parse
+
+    return parse(str(getattr(trt, "__version__", "0.0.0")))
 
 
 def has_flag(trt: ModuleType, name: str) -> bool:

@@ -35,8 +35,9 @@ def _calibration_batches(folder: Path, info, n: int = 512, batch: int = 32):  # 
 
 
 def tt_version(version: str) -> tuple[int, int]:
-    parts = (str(version).split("+")[0].split(".") + ["0"])[:2]
-    return tuple(int("".join(c for c in p if c.isdigit()) or 0) for p in parts)  # type: ignore[return-value]
+    from ..manifest import version_tuple
+
+    return version_tuple(version)[:2]
 
 
 def precision_plan(version: str, precision: str) -> tuple[dict[str, Any], str]:
