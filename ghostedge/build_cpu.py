@@ -180,12 +180,10 @@ def _open(c: Candidate, threads: int):  # noqa: ANN202
 def choose_cpu_engine(cfg, say: Callable[[str], None], threads: int = 0) -> BuildResult:  # noqa: ANN001
     """Build every CPU candidate, time and check each here, keep the fastest faithful one."""
     from .bench import _logits, time_runner
-    from .build import FP32_NAME, INT8_NAME, _common_manifest, _need, _record_for, resolve_batch
+    from .build import FP32_NAME, INT8_NAME, RECORD_NAME, _common_manifest, _need, _record_for, resolve_batch
     from .export import read_onnx_info
     from .model import ModelInfo
     from .quantize import ort_logits
-
-    from .build import RECORD_NAME
 
     t0 = time.time()
     fp32_path = _need(cfg.engines / FP32_NAME, "the FP32 ONNX")
@@ -197,9 +195,12 @@ def choose_cpu_engine(cfg, say: Callable[[str], None], threads: int = 0) -> Buil
     size = cfg.img_size or info.preprocess.input_size
     b0, _, b2 = resolve_batch(cfg)
     batches = sorted({b0, b2})
-    if int8 or cfg.calib or calib_record:
+    try:
         x = _holdout(cfg, calib_record, info, size)
-    else:  # an FP32 engine without a calibration folder: same function, checked on noise images
+    except GhostedgeError:
+        if int8:
+            raise
+        # an FP32 engine without calibration images: the same function, checked on noise images
         x = np.random.default_rng(1).standard_normal((32, 3, size, size), dtype=np.float32)
     ref = ort_logits(fp32_path, x, threads=threads)
     est = ort_logits(_need(cfg.engines / INT8_NAME, "the Q/DQ ONNX"), x, threads=threads) \
