@@ -106,6 +106,8 @@ def info(
     shown["classes"] = f"{len(s['classes'])}: " + ", ".join(s["classes"][:10]) + (" ..." if len(s["classes"]) > 10 else "")
     shown["params"] = f"{s['params']:,}"
     shown["macs"] = f"{s['macs'] / 1e6:.1f} M at {s['img_size']}x{s['img_size']}"
+    shown["preprocess"] = mi.preprocess.describe()
+    shown["described_by"] = ", ".join(s["described_by"])
     for k, v in shown.items():
         t.add_row(k, str(v))
     out.print(t)

@@ -747,6 +747,7 @@ def model_summary(model: GhostNet, info: ModelInfo, img_size: int | None = None)
         "macs": count_macs(model, size),
         "img_size": size,
         "preprocess": info.preprocess.to_dict(),
+        "described_by": info.extra.get("described_by") or ["checkpoint metadata" if info.extra else "defaults"],
         "weights": info.source,
         "fingerprint": info.fingerprint,
         "classes": info.classes,
