@@ -7,6 +7,7 @@ the calibration record (and cache). Every engine gets a sidecar manifest.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import platform
 import shlex
 import time
@@ -25,11 +26,6 @@ from .model import ModelSpec, check_against
 from .quantize import CACHE_NAME, FP32_NAME, INT8_NAME, RECORD_NAME, calib_cache_text, load_record, \
     parse_calib_cache, trt_version_int
 from .targets import Platform, check_dla, resolve
-
-
-#: ONNX Runtime CPU INT8: layers left in FP32 because int8 is slower there (measured: the 3-channel stem
-#: conv and the first bottleneck at full resolution run faster in FP32's NCHWc kernels)
-CPU_FLOAT_PREFIX = ("/conv_stem/", "/blocks/blocks.0/")
 
 
 @dataclass
@@ -98,8 +94,10 @@ def _record_for(engines: Path, onnx_path: Path) -> dict:
     return record
 
 
+@functools.lru_cache(maxsize=1)
 def tensorrt_available() -> tuple[bool, str]:
-    """(usable, why not) for TensorRT on this machine."""
+    """(usable, why not) for TensorRT on this machine; probed once per process (it imports TensorRT and
+    opens CUDA), as the pipeline's builds all ask."""
     try:
         import tensorrt  # noqa: F401
     except ImportError:

@@ -77,9 +77,14 @@ def _move_engine(src: Path, dst: Path) -> None:
     os.replace(src, dst)
 
 
+#: ONNX Runtime CPU INT8: layers left in FP32 because int8 is slower there (measured: the 3-channel stem
+#: conv and the first bottleneck at full resolution run faster in FP32's NCHWc kernels)
+CPU_FLOAT_PREFIX = ("/conv_stem/", "/blocks/blocks.0/")
+
+
 def build_onnxruntime_engine(cfg, dst: Path, record: dict | None) -> Path:  # noqa: ANN001 (BuildConfig)
     from .backends.onnxruntime import optimize_to, quantize_for_cpu
-    from .build import CPU_FLOAT_PREFIX, FP32_NAME
+    from .build import FP32_NAME
 
     fp32 = onnx.load(str(cfg.engines / FP32_NAME))
     if cfg.precision == Precision.int8:
@@ -103,17 +108,15 @@ def cpu_qdq_variant(fp32: onnx.ModelProto, record: dict) -> onnx.ModelProto:
     return insert_qdq(fp32, pl, amax, unsigned=nonneg)
 
 
-def build_openvino_engine(cfg, dst: Path, variant: str = "qdq", record: dict | None = None) -> Path:  # noqa: ANN001
-    """IR with a dynamic batch and a static H x W (OpenVINO's CPU plugin runs static spatial shapes faster).
-    ``variant``: "qdq" (the TensorRT-rule Q/DQ ONNX as it is) or "u8" (``cpu_qdq_variant``)."""
+def build_openvino_engine(cfg, dst: Path, size: int, variant: str = "qdq",  # noqa: ANN001 (BuildConfig)
+                          record: dict | None = None) -> Path:
+    """IR with a dynamic batch and a static ``size`` x ``size`` (OpenVINO's CPU plugin runs static spatial
+    shapes faster). ``variant``: "qdq" (the TensorRT-rule Q/DQ ONNX as it is) or "u8" (``cpu_qdq_variant``)."""
     from .backends.openvino import save_ir
     from .build import FP32_NAME, INT8_NAME
     from .errors import write_bytes_atomic
-    from .export import read_onnx_info
 
     src = cfg.engines / (INT8_NAME if cfg.precision == Precision.int8 else FP32_NAME)
-    info = read_onnx_info(src)
-    size = cfg.img_size or (info.preprocess.input_size if info else None)
     if variant == "u8" and cfg.precision == Precision.int8:
         tmp = dst.with_name(f".{dst.stem}.u8.onnx")
         try:
@@ -180,7 +183,7 @@ def _open(c: Candidate, threads: int):  # noqa: ANN202
 def choose_cpu_engine(cfg, say: Callable[[str], None], threads: int = 0) -> BuildResult:  # noqa: ANN001
     """Build every CPU candidate, time and check each here, keep the fastest faithful one."""
     from .bench import _logits, time_runner
-    from .build import FP32_NAME, INT8_NAME, RECORD_NAME, _common_manifest, _need, _record_for, resolve_batch
+    from .build import FP32_NAME, INT8_NAME, RECORD_NAME, _need, _record_for, resolve_batch
     from .export import read_onnx_info
     from .model import ModelInfo
     from .quantize import ort_logits
@@ -219,7 +222,7 @@ def choose_cpu_engine(cfg, say: Callable[[str], None], threads: int = 0) -> Buil
                 if c.backend == "onnxruntime":
                     build_onnxruntime_engine(cfg, c.path, record)
                 elif str(c.path) not in built:
-                    build_openvino_engine(cfg, c.path, "u8" if "-u8-" in c.name else "qdq", record)
+                    build_openvino_engine(cfg, c.path, size, "u8" if "-u8-" in c.name else "qdq", record)
                 built[str(c.path)] = c.path
                 c.build_seconds = time.time() - tc
                 with _open(c, threads) as r:
@@ -255,15 +258,15 @@ def choose_cpu_engine(cfg, say: Callable[[str], None], threads: int = 0) -> Buil
                                t0, {"chosen": best.name, "batches": batches, "held_out_images": len(x),
                                     "qdq_estimate_agreement_fp32": round(est_agree, 2), "tolerance_pts": tol,
                                     "candidates": [c.record() for c in cands],
-                                    "seconds": round(time.time() - t0, 1)},
-                               _common_manifest, best.name)
+                                    "seconds": round(time.time() - t0, 1)}, best.name)
 
 
 def _write_cpu_manifest(cfg, backend: str, hint: str | None, record: dict | None, fp32_path: Path,  # noqa: ANN001
-                        t0: float, selection: dict | None, common, variant: str) -> BuildResult:  # noqa: ANN001
+                        t0: float, selection: dict | None, variant: str) -> BuildResult:
+    from .build import _common_manifest
     from .manifest import write_manifest
 
-    man = common(cfg, fp32_path, record, fp32_path)
+    man = _common_manifest(cfg, fp32_path, record, fp32_path)
     if backend == "onnxruntime":
         import onnxruntime as ort
 
@@ -273,11 +276,9 @@ def _write_cpu_manifest(cfg, backend: str, hint: str | None, record: dict | None
     else:
         from .backends.openvino import import_openvino
 
-        from .export import read_onnx_info
-
-        info = read_onnx_info(fp32_path)
+        native = ((man.get("model") or {}).get("preprocess") or {}).get("input_size")
         man.update({"backend": "openvino", "openvino": import_openvino().__version__, "device": "cpu",
-                    "precision_hint": hint, "img_size": cfg.img_size or (info.preprocess.input_size if info else None),
+                    "precision_hint": hint, "img_size": cfg.img_size or native,
                     "variant": variant,
                     "activations": ("the TensorRT-rule Q/DQ graph as FakeQuantize (int8 convs)" if "-qdq-" in variant
                                     else "the calibrated ranges as FakeQuantize, ReLU outputs on the u8 grid "
@@ -291,7 +292,8 @@ def _write_cpu_manifest(cfg, backend: str, hint: str | None, record: dict | None
 
 def build_cpu(cfg, backend: str, say: Callable[[str], None]) -> BuildResult:  # noqa: ANN001
     """One CPU engine of a forced backend (no selection)."""
-    from .build import FP32_NAME, _common_manifest, _need, _record_for
+    from .build import FP32_NAME, _need, _record_for
+    from .export import read_onnx_info
 
     t0 = time.time()
     fp32_path = _need(cfg.engines / FP32_NAME, "the FP32 ONNX")
@@ -301,9 +303,9 @@ def build_cpu(cfg, backend: str, say: Callable[[str], None]) -> BuildResult:  # 
         build_onnxruntime_engine(cfg, out, record)
         hint = None
     else:  # forced OpenVINO INT8: the CPU variant (faithful on the CPUs measured), f32 float layers
-        build_openvino_engine(cfg, out, "u8", record)
+        info = read_onnx_info(fp32_path)
+        build_openvino_engine(cfg, out, cfg.img_size or (info.preprocess.input_size if info else 224), "u8", record)
         hint = "f32"
     variant = ("onnxruntime-u8s8" if record else "onnxruntime-fp32") if backend == "onnxruntime" else \
         ("openvino-u8-f32" if record else "openvino-fp32")
-    return _write_cpu_manifest(replace(cfg, out=out), backend, hint, record, fp32_path, t0, None, _common_manifest,
-                               variant)
+    return _write_cpu_manifest(replace(cfg, out=out), backend, hint, record, fp32_path, t0, None, variant)

@@ -496,11 +496,9 @@ def pipeline(
     _say("[2/3] build")
     from .build import choose_backend
 
-    resolved = choose_backend(BuildConfig(backend=be), _say)
-    if resolved != Backend.tensorrt and be == Backend.auto:
-        be = Backend.auto       # on a CPU: each engine chosen by measurement, as ghostedge build does
-    else:
-        be = resolved
+    resolved = choose_backend(BuildConfig(backend=be), lambda s: None)   # each build says what it chose
+    if resolved == Backend.tensorrt:
+        be = resolved           # else (auto on a CPU) each engine is chosen by measurement, as in ghostedge build
     built = []
     precs = (Precision.fp16, Precision.int8) if resolved == Backend.tensorrt else (Precision.fp32, Precision.int8)
     for prec in precs:

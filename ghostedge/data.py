@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from .errors import GhostedgeError
-from .model import Preprocess
+from .model import Preprocess, unnamed_classes
 
 IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 #: more than this share of unreadable images in a set is an error, not a warning
@@ -167,8 +167,7 @@ def match_classes(folders: Sequence[str], classes: Sequence[str], wnids: Sequenc
     A model whose classes are unnamed (0..N-1, a plain state dict without a description) gets
     torchvision's ImageFolder convention when the folder count is N: sorted folder names -> indices.
     """
-    unnamed = not wnids and list(classes) == [str(i) for i in range(len(classes))]
-    if unnamed and not all(f.isdigit() for f in folders):
+    if unnamed_classes(classes, wnids) and not all(f.isdigit() for f in folders):
         if len(folders) != len(classes):
             raise GhostedgeError(f"{root}: the model's {len(classes)} classes are unnamed and the folder has "
                                  f"{len(folders)} class folders, so the ImageFolder convention (sorted folder "

@@ -539,9 +539,21 @@ def read_classes(src: str | Path, base: Path | None = None) -> list[str]:
         raise GhostedgeError(f"--classes {p} is not a text file: one class name per line") from None
 
 
-def sidecar_description(d: Any, path: Path) -> tuple[dict, list[str] | None, int | None, float | None]:
-    """(preprocess fields, class names, num_classes, width) from a ghostedge sidecar, a timm
-    ``pretrained_cfg`` / hub ``config.json`` or a Hugging Face ``config.json`` (``id2label``)."""
+@dataclass
+class Description:
+    """A description file read once: preprocessing fields, class names, class count, width (None: not said)."""
+
+    path: Path
+    preprocess: dict
+    classes: list[str] | None = None
+    num_classes: int | None = None
+    width: float | None = None
+
+
+def read_description(path: Path) -> Description:
+    """A ghostedge sidecar, a timm ``pretrained_cfg`` / hub ``config.json`` or a Hugging Face ``config.json``
+    (``id2label``)."""
+    d = _read_json(path, "model description")
     if not isinstance(d, dict):
         raise GhostedgeError(f"{path}: expected a JSON object describing the checkpoint")
     cfg = d.get("pretrained_cfg") if isinstance(d.get("pretrained_cfg"), dict) else d
@@ -569,10 +581,9 @@ def sidecar_description(d: Any, path: Path) -> tuple[dict, list[str] | None, int
         classes = d["label_names"]
     elif isinstance(d.get("id2label"), dict):              # Hugging Face configs
         classes = [d["id2label"][k] for k in sorted(d["id2label"], key=lambda k: int(k))]
-    n = d.get("num_classes")
-    width = d.get("width")
-    return pre, [str(c) for c in classes] if classes is not None else None, \
-        int(n) if n is not None else None, float(width) if width is not None else None
+    n, width = d.get("num_classes"), d.get("width")
+    return Description(path, pre, [str(c) for c in classes] if classes is not None else None,
+                       int(n) if n is not None else None, float(width) if width is not None else None)
 
 
 def _apply_classes(info: ModelInfo, names: list[str], what: str) -> None:
@@ -592,32 +603,32 @@ def same_preprocess(a: Preprocess, b: Preprocess) -> bool:
         all(abs(x - y) < 1e-4 for x, y in zip(a.mean + a.std, b.mean + b.std))
 
 
-def describe(info: ModelInfo, spec: ModelSpec | None, sidecar: Path | None) -> ModelInfo:
+def _apply_description(info: ModelInfo, desc: Description, classes: bool = True) -> None:
+    if desc.num_classes is not None and desc.num_classes != info.num_classes:
+        raise GhostedgeError(f"{desc.path} says num_classes {desc.num_classes}, the checkpoint's classifier has "
+                             f"{info.num_classes}: fix the description")
+    if desc.preprocess:
+        try:
+            info.preprocess = Preprocess.from_dict({**info.preprocess.to_dict(), **desc.preprocess}).check()
+        except (TypeError, ValueError) as e:
+            raise GhostedgeError(f"{desc.path}: bad preprocessing ({e}): fix the description") from None
+    if classes and desc.classes is not None:
+        _apply_classes(info, desc.classes, str(desc.path))
+
+
+def describe(info: ModelInfo, spec: ModelSpec | None, sidecar: Description | None) -> ModelInfo:
     """Apply the sidecar beside the checkpoint, then the command line, to the checkpoint's own metadata."""
     said = []
     if sidecar is not None:
-        pre_d, names, n, _ = sidecar_description(_read_json(sidecar, "model description"), sidecar)
-        if n is not None and n != info.num_classes:
-            raise GhostedgeError(f"{sidecar} says num_classes {n}, the checkpoint's classifier has "
-                                 f"{info.num_classes}: fix the sidecar")
-        if pre_d:
-            try:
-                info.preprocess = Preprocess.from_dict({**info.preprocess.to_dict(), **pre_d}).check()
-            except (TypeError, ValueError) as e:
-                raise GhostedgeError(f"{sidecar}: bad preprocessing ({e}): fix the sidecar") from None
-        if names is not None:
-            _apply_classes(info, names, str(sidecar))
-        said.append(str(sidecar))
+        _apply_description(info, sidecar)
+        said.append(str(sidecar.path))
     if spec is not None and spec.preprocess:
         p = Path(spec.preprocess)
         if spec.preprocess.endswith(".json") or (p.is_file() and "=" not in spec.preprocess):
             if not p.is_file():
                 raise GhostedgeError(f"--preprocess {p} not found: pass a JSON description or "
                                      "'size=128 resize=146 norm=imagenet'")
-            pre_d, names, _, _ = sidecar_description(_read_json(p, "model description"), p)
-            info.preprocess = Preprocess.from_dict({**info.preprocess.to_dict(), **pre_d}).check()
-            if names is not None and not spec.classes:
-                _apply_classes(info, names, str(p))
+            _apply_description(info, read_description(p), classes=not spec.classes)
         else:
             info.preprocess, _ = parse_preprocess(spec.preprocess, info.preprocess)
         said.append("--preprocess")
@@ -659,14 +670,13 @@ def load_model(weights: str | Path | None = None, num_classes: int | None = None
         num_classes = spec.num_classes
     sd, meta = read_checkpoint(path)
     info = ModelInfo.from_dict(meta) if meta else None
-    sidecar = find_sidecar(path) if weights is not None else None
-    side_width = side_n = None
-    if sidecar is not None:
-        _, _, side_n, side_width = sidecar_description(_read_json(sidecar, "model description"), sidecar)
+    side_path = find_sidecar(path) if weights is not None else None
+    sidecar = read_description(side_path) if side_path is not None else None
     if info is None:  # an official / foreign checkpoint: infer width and classes
         cls_w = sd.get("classifier.weight")
-        info = ModelInfo(width=side_width or guess_width(sd),
-                         num_classes=int(cls_w.shape[0]) if cls_w is not None else (side_n or 1000))
+        info = ModelInfo(width=(sidecar and sidecar.width) or guess_width(sd),
+                         num_classes=int(cls_w.shape[0]) if cls_w is not None else
+                         ((sidecar and sidecar.num_classes) or 1000))
         if info.num_classes == 1000:
             info.classes, info.wnids = imagenet_classes()
         info.source = str(path)
@@ -708,9 +718,9 @@ def check_against(stored: ModelInfo, spec: ModelSpec | None, what: str) -> None:
                              "...): drop --classes or rerun ghostedge quantize with it")
 
 
-def classes_unnamed(info: ModelInfo) -> bool:
-    """True when the model's classes are only indices (a plain state dict without a description)."""
-    return not info.wnids and info.classes == [str(i) for i in range(info.num_classes)]
+def unnamed_classes(classes: list[str], wnids: list[str]) -> bool:
+    """True when a model's classes are only indices (a plain state dict without a description)."""
+    return not wnids and list(classes) == [str(i) for i in range(len(classes))]
 
 
 def save_checkpoint(model: nn.Module, info: ModelInfo, dst: str | Path, half: bool = True) -> Path:

@@ -36,7 +36,7 @@ def engine_label(r: dict) -> str:
             break
     stem = name.replace("ghostnet.", "").replace("ghostnet", "")
     label = f"{r.get('precision', '?')} {short}"
-    if stem and stem not in (r.get("precision"), f"{r.get('precision')}"):
+    if stem and stem != r.get("precision"):
         label += f" {stem[:10]}"
     return label
 

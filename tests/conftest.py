@@ -57,18 +57,27 @@ def make_image_folder(root: Path, per_class: int = 4, size: int = 40, classes: l
     return root
 
 
+def tiny_ghostnet(seed: int = 0, classes: int = 3, bn_mean: bool = True) -> torch.nn.Module:
+    """A random 0.5x GhostNet in eval mode with non-trivial BN statistics (running means stay 0 with
+    ``bn_mean=False``, which makes the exporter dedupe the zero folded biases)."""
+    from ghostedge.model import ghostnet
+
+    torch.manual_seed(seed)
+    m = ghostnet(0.5, classes)
+    for mod in m.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            if bn_mean:
+                mod.running_mean.uniform_(-0.2, 0.2)
+            mod.running_var.uniform_(0.5, 1.5)
+    return m.eval()
+
+
 @pytest.fixture(scope="session")
 def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 0.5x GhostNet with 3 Imagenette classes at 32 px, random weights with non-trivial BN stats."""
-    from ghostedge.model import ModelInfo, Preprocess, ghostnet, save_checkpoint
+    from ghostedge.model import ModelInfo, Preprocess, save_checkpoint
 
-    torch.manual_seed(0)
-    m = ghostnet(0.5, 3)
-    for mod in m.modules():
-        if isinstance(mod, torch.nn.BatchNorm2d):
-            mod.running_mean.uniform_(-0.2, 0.2)
-            mod.running_var.uniform_(0.5, 1.5)
-    m.eval()
+    m = tiny_ghostnet(0)
     info = ModelInfo(width=0.5, num_classes=3, classes=["tench", "English springer", "cassette player"],
                      wnids=WNIDS, preprocess=Preprocess(input_size=32))
     p = tmp_path_factory.mktemp("weights") / "tiny.safetensors"

@@ -13,22 +13,17 @@ import torch
 from PIL import Image
 
 from ghostedge.errors import GhostedgeError
-from ghostedge.model import IMAGENET_MEAN, IMAGENET_STD, ModelSpec, Preprocess, ghostnet, load_model, \
+from ghostedge.model import IMAGENET_MEAN, IMAGENET_STD, ModelSpec, Preprocess, load_model, \
     parse_preprocess
 
-from .conftest import WNIDS
+from .conftest import WNIDS, tiny_ghostnet
 from .test_cli import ge
 
 SIDE = {"input_size": 48, "resize": 56, "interpolation": "bicubic", "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
 
 
 def _plain_model(seed: int = 0, classes: int = 3) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    m = ghostnet(0.5, classes)
-    for mod in m.modules():
-        if isinstance(mod, torch.nn.BatchNorm2d):
-            mod.running_var.uniform_(0.5, 1.5)   # running_mean stays 0: the exporter dedupes the zero biases
-    return m.eval()
+    return tiny_ghostnet(seed, classes, bn_mean=False)  # zero means: the exporter dedupes the zero biases
 
 
 @pytest.fixture(scope="module")

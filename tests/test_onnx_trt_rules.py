@@ -25,6 +25,8 @@ from onnx import numpy_helper
 
 from ghostedge.export import FP16_MIN_NORMAL, fp16_onnx
 
+from .conftest import tiny_ghostnet
+
 #: (first opset, last opset) each TensorRT ONNX parser reads; IR version per opset
 PARSER_OPSETS = {"8.5": (7, 17), "8.6": (7, 17), "10.x": (9, 20), "11.x": (9, 20)}
 IR_FOR_OPSET = {17: 8, 18: 8, 19: 9, 20: 9}
@@ -78,15 +80,10 @@ def test_every_onnx_ghostedge_hands_tensorrt(engines_dir: Path):
 
 def test_d12_a_dead_channel_does_not_underflow_to_a_zero_scale(tmp_path: Path, image_folder: Path):
     """A user's model with an all-zero conv filter: its weight scale is 1e-8/127 in FP32, 0 in FP16 unless floored."""
-    from ghostedge.model import ModelInfo, Preprocess, ghostnet, save_checkpoint
+    from ghostedge.model import ModelInfo, Preprocess, save_checkpoint
     from ghostedge.quantize import QuantizeConfig, quantize
 
-    torch.manual_seed(1)
-    m = ghostnet(0.5, 3)
-    for mod in m.modules():
-        if isinstance(mod, torch.nn.BatchNorm2d):
-            mod.running_mean.uniform_(-0.2, 0.2)
-            mod.running_var.uniform_(0.5, 1.5)
+    m = tiny_ghostnet(1)
     with torch.no_grad():
         m.blocks[3][0].ghost1.primary_conv[0].weight[2].zero_()   # a dead output channel
     w = tmp_path / "dead.safetensors"

@@ -18,10 +18,6 @@ import numpy as np
 from ..errors import GhostedgeError
 from .base import BaseRunner
 
-#: the OpenVINO releases this backend is tested with (pyproject pins the same range)
-OPENVINO_TESTED = ((2026, 4), (2026, 5))
-
-
 def import_openvino() -> Any:
     try:
         import openvino as ov
