@@ -391,11 +391,14 @@ def bench(cfg: BenchConfig, say: Callable[[str], None] = lambda s: None) -> dict
                          "agreement": d.agreement, "cosine": d.cosine, "kl": d.kl,
                          "fp32_right_engine_wrong": d.ref_right_engine_wrong,
                          "fp32_wrong_engine_right": d.ref_wrong_engine_right,
-                         "classes_lost_most": d.classes_lost_most}
-            drop = d.top1_drop_pts if d.labelled else 100.0 - d.agreement
-            if cfg.max_drop is not None and drop > cfg.max_drop:
-                failed.append(f"{Path(rep.path).name}: {'top-1 drop' if d.labelled else 'disagreement'} "
-                              f"{drop:.2f} pts > {cfg.max_drop}")
+                         "drop_ci95": d.drop_ci95, "classes_lost_most": d.classes_lost_most}
+            if cfg.max_drop is not None:
+                from .drift import judge
+
+                verdict = judge(d, cfg.max_drop)
+                rep.drift["gate"] = verdict.message
+                if verdict.fails:
+                    failed.append(f"{Path(rep.path).name}: {verdict.message}")
         if labels is not None:
             from .drift import accuracy
 

@@ -86,14 +86,23 @@ def build_onnxruntime_engine(cfg, dst: Path, record: dict | None) -> Path:  # no
     from .backends.onnxruntime import optimize_to, quantize_for_cpu
     from .build import FP32_NAME
 
-    fp32 = onnx.load(str(cfg.engines / FP32_NAME))
     if cfg.precision == Precision.int8:
+        fp32 = refined_float_graph(cfg)
         exclude = [n.name for n in fp32.graph.node if any(p in n.name for p in CPU_FLOAT_PREFIX)]
         exclude += [n for n in record.get("excluded_nodes", []) if "/se/" not in n]
         model = quantize_for_cpu(fp32, record, exclude)
     else:
-        model = fp32
+        model = onnx.load(str(cfg.engines / FP32_NAME))
     return optimize_to(model, dst)
+
+
+def refined_float_graph(cfg) -> onnx.ModelProto:  # noqa: ANN001 (BuildConfig)
+    """The float graph the CPU INT8 engines quantize: the Q/DQ ONNX with its Q/DQ pairs removed, so the
+    weights and biases quantize refined (rounding, bias correction) carry over to the CPU."""
+    from .build import INT8_NAME, _need
+    from .qdq import strip_qdq
+
+    return strip_qdq(onnx.load(str(_need(cfg.engines / INT8_NAME, "the Q/DQ ONNX"))))
 
 
 def cpu_qdq_variant(fp32: onnx.ModelProto, record: dict) -> onnx.ModelProto:
@@ -120,7 +129,7 @@ def build_openvino_engine(cfg, dst: Path, size: int, variant: str = "qdq",  # no
     if variant == "u8" and cfg.precision == Precision.int8:
         tmp = dst.with_name(f".{dst.stem}.u8.onnx")
         try:
-            write_bytes_atomic(tmp, cpu_qdq_variant(onnx.load(str(cfg.engines / FP32_NAME)), record)
+            write_bytes_atomic(tmp, cpu_qdq_variant(refined_float_graph(cfg), record)
                                .SerializeToString())
             return save_ir(tmp, dst, size)
         finally:

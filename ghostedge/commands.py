@@ -68,6 +68,18 @@ def _say(s: str) -> None:
     err.print(s, highlight=False, markup=False)
 
 
+def refine_config(ranges: str, rounding: str, bias_correction: bool, images: int):  # noqa: ANN201
+    from .refine import RefineConfig
+
+    if ranges not in ("auto", "fixed"):
+        raise GhostedgeError(f"--ranges {ranges!r}: use auto or fixed")
+    if rounding not in ("gptq", "nearest"):
+        raise GhostedgeError(f"--rounding {rounding!r}: use gptq or nearest")
+    if images < 1:
+        raise GhostedgeError("--refine-images must be at least 1")
+    return RefineConfig(ranges=ranges, rounding=rounding, bias_correction=bias_correction, images=images)
+
+
 def _quantize_with_progress(cfg):  # noqa: ANN001,ANN202  (QuantizeConfig -> QuantizeResult)
     from .quantize import quantize as run_quantize
 
@@ -200,7 +212,17 @@ def quantize(
     out_dir: Annotated[Path, typer.Option("--out", help="output folder")] = Path("engines"),
     eval_dir: Annotated[Optional[Path], typer.Option("--eval", help="labelled ImageFolder set for drift")] = None,
     max_drop: Annotated[Optional[float], typer.Option(
-        help="top-1 drop budget (points); the most sensitive layers stay in float until it is met")] = None,
+        help="top-1 drop budget (points; without --eval: disagreement with FP32). Fails (exit 1) only when the "
+             "drop exceeds it with 95% confidence; then the most damaging layers stay in float until it does not")] = None,
+    ranges: Annotated[str, typer.Option(
+        help="fixed: --method for every tensor | auto: per tensor, the range method with the least "
+             "Fisher-weighted error (measured: no better on average; see README)")] = "fixed",
+    rounding: Annotated[str, typer.Option(
+        help="weight rounding: gptq (error-compensating, on the calibration images) | nearest")] = "gptq",
+    bias_correction: Annotated[bool, typer.Option(
+        help="take each quantized conv's mean output shift out of its bias")] = True,
+    refine_images: Annotated[int, typer.Option(
+        help="calibration images the range choice, rounding and bias correction run on")] = 256,
     seed: Annotated[int, typer.Option()] = 0,
     threads: Annotated[int, typer.Option(help="CPU threads (0 = all)")] = 0,
     cache_trt_version: Annotated[Optional[str], typer.Option(
@@ -222,7 +244,8 @@ def quantize(
                          spec=model_spec(num_classes, preprocess, classes), method=m,
                          percentile=percentile, num_images=num_images, batch=batch, eval_dir=eval_dir,
                          max_drop=max_drop, seed=seed, threads=threads,
-                         trt_version=cache_trt_for(target, cache_trt_version))
+                         trt_version=cache_trt_for(target, cache_trt_version),
+                         refine=refine_config(ranges, rounding, bias_correction, refine_images))
     res = _quantize_with_progress(cfg)
     if as_json:
         _print_json(res.to_dict())
@@ -242,16 +265,23 @@ def quantize(
         t.add_row("logit cosine", f"{d.cosine:.5f}")
         t.add_row("KL(FP32 || INT8)", f"{d.kl:.5f}")
         t.add_row("kept in float", f"{len(res.excluded)} node(s)")
+        lo, hi = d.drop_ci95 or (d.drop, d.drop)
+        t.add_row(f"{'top-1 drop' if d.labelled else 'disagreement'}, 95% interval", f"{lo:+.2f} to {hi:+.2f} pts")
         out.print(t)
         for st in res.mixed_precision_steps[1:]:
-            out.print(f"  kept {st['node']} in float -> drop {st['drop']:.2f}, agreement {st['agreement']:.2f}%")
-        out.print(f"{res.method} calibration on {res.num_images} images in {res.seconds:.1f}s; wrote "
-                  + ", ".join(Path(f).name for f in res.files.values()) + f" to {res.out}")
-    if max_drop is not None:
-        drop = res.drift.top1_drop_pts if res.drift.labelled else 100 - res.drift.agreement
-        if drop > max_drop:
-            raise CheckFailed(f"drop {drop:.2f} pts still exceeds --max-drop {max_drop} with "
-                              f"{len(res.excluded)} layer(s) in float: add calibration images or raise the budget")
+            out.print(f"  {'kept' if st['kept'] else 'tried'} {st['node']} in float -> drop {st['drop']:+.2f}, "
+                      f"agreement {st['agreement']:.2f}%, KL {st['kl']:.5f}")
+        r = res.refinement
+        out.print(f"{res.method} calibration on {res.num_images} images in {res.seconds:.1f}s "
+                  f"(ranges: {', '.join(f'{k} {v}' for k, v in r.get('range_methods', {}).items()) or res.method}; "
+                  f"{r.get('weights_rounded', 0)} weight tensors rounded, {r.get('biases_corrected', 0)} biases "
+                  "corrected); wrote " + ", ".join(Path(f).name for f in res.files.values()) + f" to {res.out}")
+    if res.gate is not None:
+        if res.gate["fails"]:
+            raise CheckFailed(f"{res.gate['message']}, with {len(res.excluded)} layer(s) in float: add calibration "
+                              "images, raise the budget, or keep more layers in float (--max-drop search tries "
+                              "the 12 most damaging)")
+        _say(res.gate["message"])
 
 
 @calib_app.command("distill")

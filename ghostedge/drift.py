@@ -19,6 +19,31 @@ def topk_correct(logits: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
     return (top == labels[:, None]).any(axis=1)
 
 
+def clopper_pearson(k: int, n: int, conf: float = 0.95) -> tuple[float, float]:
+    """Exact (Clopper-Pearson) two-sided interval of a binomial proportion, k successes in n trials."""
+    from scipy.stats import beta
+
+    if n <= 0:
+        return 0.0, 1.0
+    a = (1.0 - conf) / 2
+    lo = 0.0 if k <= 0 else float(beta.ppf(a, k, n - k + 1))
+    hi = 1.0 if k >= n else float(beta.ppf(1 - a, k + 1, n - k))
+    return lo, hi
+
+
+def paired_drop_interval(b: int, c: int, n: int, conf: float = 0.95) -> tuple[float, float]:
+    """Interval of a paired top-1 drop (b - c) / n in points, from the discordant pairs only: b images the
+    reference gets right and the engine wrong, c the reverse. Conditional on b + c, b is binomial with
+    p = P(reference-only right | discordant) (the exact McNemar test); the drop is (b + c)(2p - 1) / n."""
+    m = b + c
+    if n <= 0:
+        return 0.0, 0.0
+    if m == 0:
+        return 0.0, 0.0
+    lo, hi = clopper_pearson(b, m, conf)
+    return 100.0 * m * (2 * lo - 1) / n, 100.0 * m * (2 * hi - 1) / n
+
+
 @dataclass
 class Accuracy:
     top1: float
@@ -49,9 +74,24 @@ class DriftResult:
     ref_wrong_engine_right: int | None = None
     classes_lost_most: list[dict] = field(default_factory=list)
     labelled: bool = False
+    drop_ci95: list[float] | None = None         # the drop's (labelled) or disagreement's 95% interval, points
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def drop(self) -> float:
+        """The figure --max-drop bounds: top-1 drop with labels, else top-1 disagreement with FP32 (points)."""
+        return self.top1_drop_pts if self.labelled else 100.0 - self.agreement
+
+
+def drop_interval(d: DriftResult, conf: float = 0.95) -> tuple[float, float]:
+    """95% interval of d.drop: exact paired (McNemar) with labels, else Clopper-Pearson on the disagreements."""
+    if d.labelled:
+        return paired_drop_interval(d.ref_right_engine_wrong or 0, d.ref_wrong_engine_right or 0, d.n, conf)
+    k = int(round((100.0 - d.agreement) * d.n / 100.0))
+    lo, hi = clopper_pearson(k, d.n, conf)
+    return 100.0 * lo, 100.0 * hi
 
 
 def compare(ref: np.ndarray, got: np.ndarray, labels: np.ndarray | None = None,
@@ -83,4 +123,31 @@ def compare(ref: np.ndarray, got: np.ndarray, labels: np.ndarray | None = None,
                 name = class_names[c] if class_names and c < len(class_names) else str(int(c))
                 lost.append({"class": name, "drop_pts": round(d, 2), "n": int(sel.sum())})
         res.classes_lost_most = sorted(lost, key=lambda d: -d["drop_pts"])[:5]
+    res.drop_ci95 = [round(v, 3) for v in drop_interval(res)]
     return res
+
+
+@dataclass
+class GateVerdict:
+    """A --max-drop decision: fails only when the drop exceeds the budget with 95% confidence."""
+
+    fails: bool          # the interval lies wholly above the budget
+    above: bool          # the point estimate is above the budget (but maybe within noise)
+    message: str
+
+
+def judge(d: DriftResult, budget: float, conf: float = 0.95) -> GateVerdict:
+    lo, hi = drop_interval(d, conf)
+    what = "top-1 drop" if d.labelled else "top-1 disagreement with FP32"
+    if d.labelled:
+        basis = (f"exact McNemar on the {d.ref_right_engine_wrong} FP32-right/INT8-wrong and "
+                 f"{d.ref_wrong_engine_right} reverse images of {d.n}")
+    else:
+        basis = f"Clopper-Pearson on {d.n} images"
+    fig = f"{what} {d.drop:+.2f} pts ({conf:.0%} CI {lo:+.2f} to {hi:+.2f}, {basis})"
+    if lo > budget:
+        return GateVerdict(True, True, f"{fig} exceeds --max-drop {budget} with {conf:.0%} confidence")
+    if d.drop > budget:
+        return GateVerdict(False, True, f"{fig} is above --max-drop {budget} but not significantly (the interval "
+                                        f"reaches {lo:+.2f}): the gate passes; more eval images narrow it")
+    return GateVerdict(False, False, f"{fig} is within --max-drop {budget}")

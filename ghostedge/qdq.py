@@ -87,8 +87,8 @@ def plan_placement(model: onnx.ModelProto, exclude: set[str] = frozenset(), conc
     return pl
 
 
-def group_amax(amax: dict[str, float], groups: list[list[str]]) -> dict[str, float]:
-    """Tensors of one group share the largest amax among them (union-find over overlapping groups)."""
+def scale_groups(groups: list[list[str]]) -> dict[str, str]:
+    """tensor -> the root of its shared-scale group (union-find over overlapping groups)."""
     parent: dict[str, str] = {}
 
     def find(a: str) -> str:
@@ -100,14 +100,21 @@ def group_amax(amax: dict[str, float], groups: list[list[str]]) -> dict[str, flo
 
     for g in groups:
         for t in g[1:]:
-            parent[find(t)] = find(g[0])
+            ra, rb = find(t), find(g[0])
+            if ra != rb:
+                parent[ra] = rb
+    return {t: find(t) for t in list(parent)}
+
+
+def group_amax(amax: dict[str, float], groups: list[list[str]]) -> dict[str, float]:
+    """Tensors of one group share the largest amax among them."""
+    root = scale_groups(groups)
     best: dict[str, float] = {}
-    for t in parent:
-        r = find(t)
+    for t, r in root.items():
         best[r] = max(best.get(r, 0.0), amax.get(t, 0.0))
     out = dict(amax)
-    for t in parent:
-        out[t] = best[find(t)]
+    for t, r in root.items():
+        out[t] = best[r]
     return out
 
 
@@ -116,12 +123,15 @@ def _const(name: str, arr: np.ndarray) -> onnx.TensorProto:
 
 
 def insert_qdq(model: onnx.ModelProto, placement: Placement, amax: dict[str, float],
-               unsigned: frozenset[str] | set[str] = frozenset()) -> onnx.ModelProto:
+               unsigned: frozenset[str] | set[str] = frozenset(),
+               weight_amax: dict[str, np.ndarray] | None = None) -> onnx.ModelProto:
     """A copy of model with symmetric int8 Q/DQ inserted per placement; amax per activation tensor.
 
     ``unsigned``: activation tensors known to be >= 0 (ReLU outputs) that get uint8 [0, amax] instead
     (zero point 0, scale amax/255): the same calibrated range on the CPU's native u8 grid (the OpenVINO
-    CPU variant). TensorRT always gets the default (all symmetric int8)."""
+    CPU variant). TensorRT always gets the default (all symmetric int8).
+    ``weight_amax``: per-channel weight amax by node name (refined weights keep their own grid); other
+    nodes take max |w| per output channel."""
     m = onnx.ModelProto()
     m.CopyFrom(model)
     g = m.graph
@@ -155,6 +165,8 @@ def insert_qdq(model: onnx.ModelProto, placement: Placement, amax: dict[str, flo
         w_name = n.input[1]
         w = numpy_helper.to_array(inits[w_name]).astype(np.float32)
         ch_amax = np.abs(w.reshape(w.shape[0], -1)).max(axis=1)
+        if weight_amax and node_name in weight_amax:
+            ch_amax = np.asarray(weight_amax[node_name], np.float32)
         scale = (np.maximum(ch_amax, 1e-8) / QMAX).astype(np.float32)
         s_name, z_name = f"{w_name}_scale", f"{w_name}_zero_point"
         new_inits += [_const(s_name, scale), _const(z_name, np.zeros(w.shape[0], np.int8))]
@@ -189,3 +201,34 @@ def _toposort(g: onnx.GraphProto) -> None:
         pending = rest
     del g.node[:]
     g.node.extend(ordered)
+
+
+def strip_qdq(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The float graph behind a Q/DQ graph: every QuantizeLinear -> DequantizeLinear pair removed and its
+    users fed the pair's input again. Node and tensor names stay; weights and biases are the ones the Q/DQ
+    graph carries (refined by quantize), so a CPU backend quantizing it again starts from them."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    g = m.graph
+    prod = {o: n for n in g.node for o in n.output}
+    src: dict[str, str] = {}
+    for n in g.node:
+        if n.op_type == "DequantizeLinear" and n.input[0] in prod and prod[n.input[0]].op_type == "QuantizeLinear":
+            src[n.output[0]] = prod[n.input[0]].input[0]
+    paired_q = {prod[n.input[0]].name for n in g.node if n.op_type == "DequantizeLinear" and n.output[0] in src}
+    keep = [n for n in g.node if not (n.op_type == "DequantizeLinear" and n.output[0] in src)
+            and n.name not in paired_q]
+    for n in keep:
+        for i, t in enumerate(n.input):
+            if t in src:
+                n.input[i] = src[t]
+    for o in g.output:
+        if o.name in src:
+            raise ValueError(f"graph output {o.name} is a DequantizeLinear output")
+    del g.node[:]
+    g.node.extend(keep)
+    used = {t for n in keep for t in n.input}
+    inits = [i for i in g.initializer if i.name in used]
+    del g.initializer[:]
+    g.initializer.extend(inits)
+    return m

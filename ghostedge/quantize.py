@@ -20,12 +20,13 @@ import torch
 from . import __version__
 from .calibrate import Method, TensorStats, collect_stats, compute_amax
 from .data import LabelledSet, batches, fingerprint_files, labelled_set, load_images, normalize, sample_images
-from .drift import DriftResult, compare
+from .drift import DriftResult, compare, judge
 from .errors import GhostedgeError, write_bytes_atomic, write_text_atomic
 from .export import INPUT_NAME, export_onnx, onnx_is_current, ort_session
 from .model import GhostNet, ModelInfo, ModelSpec, load_model
 from .resources import check_batch, check_images
 from .qdq import QMAX, insert_qdq, plan_placement, quantizable_nodes
+from .refine import RefineConfig, Refined, Unsupported, apply_weights, refine
 
 FP32_NAME = "ghostnet.onnx"
 INT8_NAME = "ghostnet.int8.onnx"
@@ -59,6 +60,7 @@ class QuantizeConfig:
     exclude: tuple[str, ...] = DEFAULT_EXCLUDE_PATTERNS   # node-name substrings kept in float
     holdout: int = 256         # held-out calibration-folder images for label-free drift
     trt_version: str = DEFAULT_CACHE_TRT
+    refine: RefineConfig = field(default_factory=RefineConfig)
 
 
 @dataclass
@@ -75,6 +77,8 @@ class QuantizeResult:
     sensitivity: list[dict] = field(default_factory=list)
     mixed_precision_steps: list[dict] = field(default_factory=list)
     skipped_images: int = 0
+    refinement: dict = field(default_factory=dict)
+    gate: dict | None = None
 
     def to_dict(self) -> dict:
         d = {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
@@ -158,28 +162,39 @@ def _eval_arrays(ds: LabelledSet, info: ModelInfo) -> tuple[np.ndarray, np.ndarr
     return normalize(u8, info.preprocess), np.asarray([ds.labels[i] for i in kept])
 
 
-def _drop_of(d: DriftResult) -> float:
-    """The figure --max-drop bounds: top-1 drop with labels, else top-1 disagreement with FP32."""
-    return d.top1_drop_pts if d.labelled else 100.0 - d.agreement
-
-
 def amax_table(stats: dict[str, TensorStats], method: Method, percentile: float) -> dict[str, float]:
     return {n: compute_amax(s, method, percentile) for n, s in stats.items()}
 
 
-def sensitivity(fp32: onnx.ModelProto, amax: dict[str, float], excluded: set[str], x: np.ndarray,
-                ref: np.ndarray, base: DriftResult, threads: int,
-                on_step: Callable[[], None] | None = None) -> list[dict]:
-    """Per quantized node: how much closer to FP32 (than ``base``) the model gets when that node stays in float."""
+def qdq_model(fp32: onnx.ModelProto, excluded: set[str], refined: Refined) -> onnx.ModelProto:
+    """The TensorRT Q/DQ graph: placement without the excluded nodes, refined ranges, weights and biases
+    (an excluded node keeps its float weights and bias)."""
+    keep = Refined(amax=refined.amax,
+                   weights={k: v for k, v in refined.weights.items() if k not in excluded},
+                   weight_amax={k: v for k, v in refined.weight_amax.items() if k not in excluded},
+                   biases={k: v for k, v in refined.biases.items() if k not in excluded})
+    return insert_qdq(apply_weights(fp32, keep), plan_placement(fp32, excluded), refined.amax,
+                      weight_amax=keep.weight_amax)
+
+
+#: the --max-drop search: nodes ranked on this many calibration images, then at most MAX_SEARCH_TRIES of
+#: them measured on the drift images, most damaging first
+SENSITIVITY_IMAGES = 32
+MAX_SEARCH_TRIES = 12
+
+
+def sensitivity(fp32: onnx.ModelProto, excluded: set[str], refined: Refined, x: np.ndarray, ref: np.ndarray,
+                threads: int, on_step: Callable[[int, int], None] | None = None) -> list[dict]:
+    """Per quantized node (Conv, Gemm, residual Add): how much closer to FP32 (mean KL over images x) the
+    Q/DQ graph gets when that node alone stays in float, measured; most damaging first."""
+    base = compare(ref, ort_logits(qdq_model(fp32, excluded, refined), x, threads=threads)).kl
+    nodes = [n for n in quantizable_nodes(fp32) if n not in excluded]
     rows = []
-    for node in quantizable_nodes(fp32):
-        if node in excluded:
-            continue
-        q = insert_qdq(fp32, plan_placement(fp32, excluded | {node}), amax)
-        d = compare(ref, ort_logits(q, x, threads=threads))
-        rows.append({"node": node, "kl_gain": base.kl - d.kl, "agreement_gain": d.agreement - base.agreement})
+    for i, node in enumerate(nodes):
+        d = compare(ref, ort_logits(qdq_model(fp32, excluded | {node}, refined), x, threads=threads))
+        rows.append({"node": node, "kl_gain": base - d.kl})
         if on_step:
-            on_step()
+            on_step(i + 1, len(nodes))
     return sorted(rows, key=lambda r: -r["kl_gain"])
 
 
@@ -239,8 +254,15 @@ def quantize(cfg: QuantizeConfig, progress: Callable[[str, int, int], None] | No
 
     stats = collect_stats(fp32, lambda: batches(x_cal, cfg.batch), INPUT_NAME, cfg.threads,
                           histograms=cfg.method != Method.minmax, on_batch=on_batch)
-    amax = amax_table(stats, cfg.method, cfg.percentile)
     excluded = _excluded_nodes(fp32, cfg.exclude)
+    placement = plan_placement(fp32, set(excluded))
+    base_amax = amax_table(stats, cfg.method, cfg.percentile)
+    try:
+        refined = refine(fp32, placement, stats, base_amax, x_cal, cfg.refine, tick)
+    except Unsupported as e:
+        say(f"refinement skipped ({e} not supported by the interpreter): plain {cfg.method.value} ranges")
+        refined = Refined(amax=base_amax)
+    amax = refined.amax
 
     # the images drift is measured on
     if eval_ds is not None:
@@ -257,34 +279,42 @@ def quantize(cfg: QuantizeConfig, progress: Callable[[str, int, int], None] | No
             drift_set = f"the {len(x_cal)} calibration images themselves (no held-out images left in {cfg.calib})"
     ref = torch_logits(model, x_ev)
 
-    q = insert_qdq(fp32, plan_placement(fp32, set(excluded)), amax)
-    got = ort_logits(q, x_ev, threads=cfg.threads)
-    drift = compare(ref, got, y_ev, info.classes)
+    q = qdq_model(fp32, set(excluded), refined)
+    drift = compare(ref, ort_logits(q, x_ev, threads=cfg.threads), y_ev, info.classes)
 
     sens_rows: list[dict] = []
     steps: list[dict] = []
-    if cfg.max_drop is not None and _drop_of(drift) > cfg.max_drop:
-        n_sens = min(len(x_ev), 256)
-        nodes = [n for n in quantizable_nodes(fp32) if n not in excluded]
-        done_s = [0]
-
-        def on_step() -> None:
-            done_s[0] += 1
-            tick("sensitivity", done_s[0], len(nodes))
-
-        sens_rows = sensitivity(fp32, amax, set(excluded), x_ev[:n_sens], ref[:n_sens],
-                                compare(ref[:n_sens], got[:n_sens]), cfg.threads, on_step)
-        steps.append({"kept_float": 0, "drop": round(_drop_of(drift), 3), "agreement": round(drift.agreement, 2)})
-        extra: list[str] = []
-        for row in sens_rows:
-            if _drop_of(drift) <= cfg.max_drop:
-                break
-            extra.append(row["node"])
-            q = insert_qdq(fp32, plan_placement(fp32, set(excluded) | set(extra)), amax)
-            drift = compare(ref, ort_logits(q, x_ev, threads=cfg.threads), y_ev, info.classes)
-            steps.append({"kept_float": len(extra), "node": row["node"], "drop": round(_drop_of(drift), 3),
-                          "agreement": round(drift.agreement, 2)})
-        excluded += extra
+    gate = None
+    if cfg.max_drop is not None:
+        verdict = judge(drift, cfg.max_drop)
+        steps.append({"kept_float": 0, "drop": round(drift.drop, 3), "ci95": drift.drop_ci95,
+                      "agreement": round(drift.agreement, 2), "kl": drift.kl})
+        if verdict.fails:
+            t_s = time.time()
+            x_s = x_cal[:SENSITIVITY_IMAGES]
+            sens_rows = sensitivity(fp32, set(excluded), refined, x_s, torch_logits(model, x_s), cfg.threads,
+                                    lambda i, n: tick("ranking layers", i, n))
+            extra: list[str] = []
+            tries = [r["node"] for r in sens_rows if r["kl_gain"] > 0][:MAX_SEARCH_TRIES]
+            for i, node in enumerate(tries):
+                tick("keeping sensitive layers in float", i + 1, len(tries))
+                if not judge(drift, cfg.max_drop).fails:
+                    break
+                q_try = qdq_model(fp32, set(excluded) | set(extra) | {node}, refined)
+                d_try = compare(ref, ort_logits(q_try, x_ev, threads=cfg.threads), y_ev, info.classes)
+                kept = d_try.kl < drift.kl
+                steps.append({"kept_float": len(extra) + kept, "node": node, "kept": kept,
+                              "drop": round(d_try.drop, 3), "ci95": d_try.drop_ci95,
+                              "agreement": round(d_try.agreement, 2), "kl": d_try.kl})
+                if kept:
+                    extra.append(node)
+                    q, drift = q_try, d_try
+            excluded += extra
+            say(f"--max-drop search: tried {len(steps) - 1} layer(s) in float, kept {len(extra)}, "
+                f"in {time.time() - t_s:.0f}s")
+        verdict = judge(drift, cfg.max_drop)
+        gate = {"max_drop": cfg.max_drop, "fails": verdict.fails, "above": verdict.above,
+                "message": verdict.message}
 
     record = {
         "format": RECORD_FORMAT,
@@ -305,13 +335,16 @@ def quantize(cfg: QuantizeConfig, progress: Callable[[str, int, int], None] | No
         "cache_trt_version": cfg.trt_version,
         "quantization": {"weights": "int8 symmetric per-channel axis 0",
                          "activations": "int8 symmetric per-tensor (TensorRT); min/max kept for asymmetric backends"},
-        "tensors": {n: {"min": s.min, "max": s.max, "amax": amax[n], "scale": max(amax[n], 1e-8) / QMAX}
+        "refinement": refined.summary(),
+        "tensors": {n: {"min": s.min, "max": s.max, "amax": amax[n], "scale": max(amax[n], 1e-8) / QMAX,
+                        **({"range": refined.range_choice[n]} if n in refined.range_choice else {})}
                     for n, s in stats.items()},
     }
     result = QuantizeResult(out=cfg.out, files={}, method=cfg.method.value, num_images=len(x_cal),
                             seconds=0.0, drift=drift, drift_set=drift_set,
                             measured_with="ONNX Runtime CPU (an estimate of TensorRT INT8)", excluded=excluded,
-                            sensitivity=sens_rows[:20], mixed_precision_steps=steps, skipped_images=len(rep.bad))
+                            sensitivity=sens_rows[:20], mixed_precision_steps=steps, skipped_images=len(rep.bad),
+                            refinement=refined.summary(), gate=gate)
 
     # write: everything is computed, nothing can fail half-way through a file
     files = {

@@ -1,17 +1,25 @@
 """ghostedge's INT8 against other PTQ recipes, side by side: same model, same calibration and eval images.
 
 Every candidate is calibrated on the same images (default: 512 from imagenette/train, class-balanced,
-seed 0) and evaluated on every image of the eval set (default: imagenette/val, 3,925 images) against
-the FP32 PyTorch model: top-1 drop, top-1 agreement, and the paired counts. All INT8 models run on ONNX
+seed 0; --calib calib/ for the distilled set) and evaluated on every image of the eval set (default:
+imagenette/val, 3,925 images) against the FP32 PyTorch model: top-1 drop with its 95% interval (exact
+McNemar on the paired outcomes), top-1 agreement, and the paired counts. All INT8 models run on ONNX
 Runtime CPU, except PyTorch FX (its own x86 backend).
 
-    python scripts/compare_ptq.py [--data ../shared/datasets/imagenette] [--weights W] [--num-images 512]
+Peers: NNCF's default PTQ on the ONNX model (`pip install nncf`); NVIDIA ModelOpt's ONNX INT8 PTQ with
+its defaults (it pins onnxruntime-gpu, so it lives in a venv of its own: `python -m venv /work/peers &&
+/work/peers/bin/pip install "nvidia-modelopt[onnx]==0.47.0"`, then `--modelopt-python /work/peers/bin/python`);
+ONNX Runtime's quantize_static in four settings; PyTorch FX. A peer that cannot run is reported, not fatal.
+
+    python scripts/compare_ptq.py [--data ../shared/datasets/imagenette] [--weights W] [--calib DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -20,12 +28,12 @@ import numpy as np
 import onnx
 import torch
 
-from ghostedge.calibrate import Method
 from ghostedge.data import labelled_set, load_images, normalize, sample_images
-from ghostedge.drift import compare
+from ghostedge.drift import compare, drop_interval
 from ghostedge.export import INPUT_NAME, to_onnx_proto
 from ghostedge.model import load_model
 from ghostedge.quantize import QuantizeConfig, ort_logits, quantize, torch_logits
+from ghostedge.refine import RefineConfig
 
 
 def ort_static(fp32_path: Path, x_cal: np.ndarray, out: Path, **kw) -> Path:
@@ -54,10 +62,40 @@ def fx_x86(model: torch.nn.Module, x_cal: np.ndarray, x_ev: np.ndarray) -> np.nd
     return torch_logits(q, x_ev)
 
 
+def nncf_default(fp32_path: Path, x_cal: np.ndarray, out: Path) -> Path:
+    import nncf
+
+    m = onnx.load(str(fp32_path))
+    q = nncf.quantize(m, nncf.Dataset([{INPUT_NAME: x_cal[i:i + 1]} for i in range(len(x_cal))]),
+                      subset_size=len(x_cal))
+    onnx.save(q, str(out))
+    return out
+
+
+MODELOPT = """
+import sys, numpy as np
+from modelopt.onnx.quantization import quantize
+quantize(sys.argv[1], quantize_mode="int8", calibration_data={"%s": np.load(sys.argv[2])},
+         calibration_eps=["cpu"], output_path=sys.argv[3])
+""" % INPUT_NAME
+
+
+def modelopt_default(python: str, fp32_path: Path, x_cal: np.ndarray, out: Path) -> Path:
+    npy = out.with_suffix(".calib.npy")
+    np.save(npy, x_cal)
+    r = subprocess.run([python, "-c", MODELOPT, str(fp32_path), str(npy), str(out)], capture_output=True, text=True)
+    if r.returncode != 0 or not out.is_file():
+        raise RuntimeError((r.stderr or r.stdout).strip().splitlines()[-1] if (r.stderr or r.stdout) else "failed")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", type=Path, default=Path("../shared/datasets/imagenette"))
     ap.add_argument("--weights", type=Path, default=None)
+    ap.add_argument("--calib", type=Path, default=None, help="calibration folder (default: DATA/train)")
+    ap.add_argument("--modelopt-python", default=sys.executable,
+                    help="a Python with nvidia-modelopt[onnx] installed (it needs onnxruntime-gpu: a venv of its own)")
     ap.add_argument("--num-images", type=int, default=512)
     ap.add_argument("--max-eval", type=int, default=0, help="0 = every eval image")
     ap.add_argument("--json", type=Path, default=None)
@@ -65,7 +103,8 @@ def main() -> None:
 
     model, info = load_model(a.weights)
     pre = info.preprocess
-    calib_paths = sample_images(a.data / "train", a.num_images, seed=0)
+    cdir = a.calib or a.data / "train"
+    calib_paths = sample_images(cdir, a.num_images, seed=0)
     x_cal = normalize(load_images(calib_paths, pre)[0], pre)
     ds = labelled_set(a.data / "val", info.classes, info.wnids)
     paths, labels = ds.paths, np.asarray(ds.labels)
@@ -73,8 +112,9 @@ def main() -> None:
         paths, labels = paths[:a.max_eval], labels[:a.max_eval]
     x_ev = normalize(load_images(paths, pre)[0], pre)
     ref = torch_logits(model, x_ev)
-    print(f"FP32 PyTorch top-1 {compare(ref, ref, labels).ref_top1:.2f}% on {len(x_ev)} images; "
-          f"{len(x_cal)} calibration images")
+    print(f"{info.source}: {info.width}x at {pre.input_size} px; FP32 PyTorch top-1 "
+          f"{compare(ref, ref, labels).ref_top1:.2f}% on {len(x_ev)} images; {len(x_cal)} calibration images "
+          f"from {cdir}", flush=True)
 
     tmp = Path(tempfile.mkdtemp())
     fp32 = tmp / "fp32.onnx"
@@ -91,25 +131,28 @@ def main() -> None:
             print(f"{name:48s} failed: {type(e).__name__}: {str(e)[:120]}")
             return
         d = compare(ref, logits, labels)
-        rows.append({"recipe": name, "top1": d.top1, "drop_pts": d.top1_drop_pts, "agreement": d.agreement,
-                     "fp32_right_int8_wrong": d.ref_right_engine_wrong,
+        lo, hi = drop_interval(d)
+        rows.append({"recipe": name, "top1": d.top1, "drop_pts": d.top1_drop_pts, "drop_ci95": [lo, hi],
+                     "agreement": d.agreement, "kl": d.kl, "fp32_right_int8_wrong": d.ref_right_engine_wrong,
                      "fp32_wrong_int8_right": d.ref_wrong_engine_right, "seconds": round(time.time() - t0, 1)})
-        print(f"{name:48s} top-1 {d.top1:6.2f}  drop {d.top1_drop_pts:+.2f}  agreement {d.agreement:6.2f}%  "
-              f"(FP32 right/INT8 wrong {d.ref_right_engine_wrong}, reverse {d.ref_wrong_engine_right})  "
-              f"{time.time() - t0:.0f}s")
+        print(f"{name:46s} drop {d.top1_drop_pts:+.2f} [{lo:+.2f}, {hi:+.2f}]  agreement {d.agreement:6.2f}%  "
+              f"KL {d.kl:.5f}  ({d.ref_right_engine_wrong}/{d.ref_wrong_engine_right})  {time.time() - t0:.0f}s",
+              flush=True)
 
-    def ours(method: Method, pct: float = 99.99, calib: Path | None = None):  # noqa: ANN202
+    def ours(name: str, refine: RefineConfig):  # noqa: ANN202
         def f():  # noqa: ANN202
-            out = tmp / f"ours_{method.value}"
-            cdir = calib or (a.data / "train")
-            quantize(QuantizeConfig(calib=cdir, out=out, weights=a.weights, method=method, percentile=pct,
-                                    num_images=a.num_images, holdout=0))
+            out = tmp / f"ours_{name}"
+            quantize(QuantizeConfig(calib=cdir, out=out, weights=a.weights, num_images=a.num_images, holdout=0,
+                                    refine=refine))
             return ort_logits(out / "ghostnet.int8.onnx", x_ev)
         return f
 
-    run("ghostedge (TensorRT Q/DQ, percentile 99.99)", ours(Method.percentile))
-    run("ghostedge (TensorRT Q/DQ, mse)", ours(Method.mse))
-    run("ghostedge (TensorRT Q/DQ, entropy)", ours(Method.entropy))
+    run("ghostedge default (TensorRT Q/DQ)", ours("default", RefineConfig()))
+    run("ghostedge 0.6 (mse only, no refinement)", ours("plain", RefineConfig(ranges="fixed", rounding="nearest",
+                                                                                bias_correction=False)))
+    run("NVIDIA ModelOpt ONNX INT8 PTQ, defaults", lambda: ort_logits(
+        modelopt_default(a.modelopt_python, fp32, x_cal, tmp / "modelopt.onnx"), x_ev))
+    run("NNCF PTQ defaults (ONNX)", lambda: ort_logits(nncf_default(fp32, x_cal, tmp / "nncf.onnx"), x_ev))
     run("ORT quantize_static defaults", lambda: ort_logits(ort_static(fp32, x_cal, tmp / "ort_default.onnx"), x_ev))
     sym = {"ActivationSymmetric": True, "WeightSymmetric": True}
     run("TensorRT-style per-channel s8 entropy (ORT)", lambda: ort_logits(ort_static(

@@ -81,6 +81,10 @@ def test_usage_errors_exit_2():
     assert r.returncode == 2 and "one of --fp32" in r.stderr
     r = ge("quantize")  # --calib missing
     assert r.returncode == 2
+    for flag, value, word in (("--ranges", "best", "auto or fixed"), ("--rounding", "adaround", "gptq or nearest"),
+                              ("--refine-images", "0", "at least 1")):
+        r = ge("quantize", "--calib", ".", flag, value)
+        assert r.returncode == 2 and word in r.stderr and "Traceback" not in r.stderr, (flag, r.stderr)
 
 
 def test_export_writes_onnx_and_reports_parity(tmp_path: Path, tiny_weights: Path, image_folder: Path):
@@ -96,7 +100,8 @@ def test_quantize_build_bench_on_cpu(tmp_path: Path, tiny_weights: Path, image_f
     r = ge("quantize", "--calib", str(image_folder), "--weights", str(tiny_weights), "--out", str(eng),
            "--num-images", "12", "--batch", "4", "--eval", str(image_folder), "--threads", "1")
     assert r.returncode == 0, r.stderr
-    assert "ONNX Runtime CPU" in r.stdout and "top-1 agreement" in r.stdout
+    assert "ONNX Runtime CPU" in r.stdout and "top-1 agreement" in r.stdout and "95% interval" in r.stdout
+    assert "biases corrected" in r.stdout
     built = {}
     for prec in ("fp32", "int8"):
         r = ge("build", f"--{prec}", "--engines", str(eng), "--json")
