@@ -456,7 +456,8 @@ def bench(
     threads: Annotated[int, typer.Option(help="CPU threads (0 = all cores)")] = 0,
     baseline: Annotated[str, typer.Option(help="torch | none")] = "torch",
     eval_dir: Annotated[Optional[Path], typer.Option("--eval", help="ImageFolder set for accuracy drift")] = None,
-    max_drop: Annotated[Optional[float], typer.Option(help="exit 1 when an engine's top-1 drop exceeds this")] = None,
+    max_drop: Annotated[Optional[float], typer.Option(
+        help="exit 1 when an engine's top-1 drop exceeds this (points) with 95% confidence")] = None,
     max_eval_images: Annotated[int, typer.Option(help="cap on eval images (0 = all)")] = 0,
     weights: WeightsOpt = None,
     preprocess: PreprocessOpt = None,
@@ -496,7 +497,8 @@ def pipeline(
     img_size: Annotated[Optional[int], typer.Option(help="bench input size (default: the model's)")] = None,
     seconds: Annotated[float, typer.Option(help="bench time per engine and batch")] = 2.0,
     threads: Annotated[int, typer.Option(help="CPU threads (0 = all)")] = 0,
-    max_drop: Annotated[Optional[float], typer.Option(help="exit 1 when INT8 drops more than this")] = None,
+    max_drop: Annotated[Optional[float], typer.Option(
+        help="exit 1 when INT8's top-1 drop exceeds this (points) with 95% confidence")] = None,
     max_eval_images: Annotated[int, typer.Option(help="cap on eval images (0 = all)")] = 0,
     report: Annotated[Path, typer.Option(help="Markdown report")] = Path("engines/report.md"),
     plot: Annotated[Optional[Path], typer.Option(help="PNG plot")] = None,

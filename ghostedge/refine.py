@@ -319,9 +319,10 @@ def _gptq(w: torch.Tensor, h: torch.Tensor, scale: torch.Tensor, damp: float = 0
     w = w.clone().double()
     h = h.double()
     k = h.shape[-1]
+    # an input that is zero on every calibration image gets a unit diagonal: rounded to nearest, its
+    # error pushed nowhere (GPTQ zeroes such weights; a deployed image may well light that input up)
     dead = torch.diagonal(h, dim1=-2, dim2=-1) == 0
     h = h + torch.diag_embed(dead.double())
-    w = torch.where(dead[:, None, :], torch.zeros_like(w), w)
     lam = damp * torch.diagonal(h, dim1=-2, dim2=-1).mean(-1)
     h = h + lam[:, None, None] * torch.eye(k, dtype=h.dtype)
     hinv = torch.cholesky_inverse(torch.linalg.cholesky(h))
