@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -19,15 +20,43 @@ def topk_correct(logits: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
     return (top == labels[:, None]).any(axis=1)
 
 
-def clopper_pearson(k: int, n: int, conf: float = 0.95) -> tuple[float, float]:
-    """Exact (Clopper-Pearson) two-sided interval of a binomial proportion, k successes in n trials."""
-    from scipy.stats import beta
+def binom_cdf(k: int, n: int, p: float) -> float:
+    """P(X <= k) for X ~ Binomial(n, p), summed in log space (exact to float precision)."""
+    if k < 0:
+        return 0.0
+    if k >= n:
+        return 1.0
+    if p <= 0.0:
+        return 1.0
+    if p >= 1.0:
+        return 0.0
+    i = np.arange(k + 1)
+    logc = np.array([math.lgamma(n + 1) - math.lgamma(j + 1) - math.lgamma(n - j + 1) for j in i])
+    t = logc + i * math.log(p) + (n - i) * math.log1p(-p)
+    m = t.max()
+    return float(min(1.0, math.exp(m) * np.exp(t - m).sum()))
 
+
+def _solve(f, target: float) -> float:
+    """The p in (0, 1) where the decreasing function f(p) equals target (bisection)."""
+    lo, hi = 0.0, 1.0
+    for _ in range(80):
+        mid = (lo + hi) / 2
+        if f(mid) > target:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
+
+
+def clopper_pearson(k: int, n: int, conf: float = 0.95) -> tuple[float, float]:
+    """Exact (Clopper-Pearson) two-sided interval of a binomial proportion, k successes in n trials:
+    lo solves P(X >= k | lo) = a/2, hi solves P(X <= k | hi) = a/2, a = 1 - conf."""
     if n <= 0:
         return 0.0, 1.0
     a = (1.0 - conf) / 2
-    lo = 0.0 if k <= 0 else float(beta.ppf(a, k, n - k + 1))
-    hi = 1.0 if k >= n else float(beta.ppf(1 - a, k + 1, n - k))
+    lo = 0.0 if k <= 0 else _solve(lambda p: -(1.0 - binom_cdf(k - 1, n, p)), -a)
+    hi = 1.0 if k >= n else _solve(lambda p: binom_cdf(k, n, p), a)
     return lo, hi
 
 

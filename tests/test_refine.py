@@ -3,6 +3,8 @@ first-order sensitivity ranking and the paired drop interval of the --max-drop g
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import onnx
 import pytest
@@ -168,18 +170,39 @@ def test_sensitivity_ranks_a_damaged_layer_first_and_keeping_it_float_helps():
     assert d_kept.kl == pytest.approx(d_all.kl - rows[0]["kl_gain"])
 
 
-def test_paired_drop_interval_is_the_exact_mcnemar_interval():
-    from scipy.stats import binomtest
+def _cdf(k: int, n: int, p: float) -> float:
+    """An independent binomial CDF (integer binomial coefficients), for n up to a few hundred."""
+    return sum(math.comb(n, i) * p ** i * (1 - p) ** (n - i) for i in range(k + 1))
 
+
+def test_clopper_pearson_solves_its_defining_equations():
+    for k, n in [(21, 32), (60, 83), (1, 6), (40, 200), (3, 3), (0, 10)]:
+        lo, hi = clopper_pearson(k, n)
+        if k > 0:
+            assert 1 - _cdf(k - 1, n, lo) == pytest.approx(0.025, abs=1e-9)
+        if k < n:
+            assert _cdf(k, n, hi) == pytest.approx(0.025, abs=1e-9)
+    assert clopper_pearson(0, 10) == (0.0, pytest.approx(1 - 0.025 ** (1 / 10)))   # closed forms at the ends
+    assert clopper_pearson(10, 10) == (pytest.approx(0.025 ** (1 / 10)), 1.0)
+    try:
+        from scipy.stats import binomtest
+    except ImportError:
+        return
+    for k, n in [(21, 32), (500, 3925)]:
+        ci = binomtest(k, n).proportion_ci(0.95, method="exact")
+        assert clopper_pearson(k, n) == (pytest.approx(ci.low, abs=1e-9), pytest.approx(ci.high, abs=1e-9))
+
+
+def test_paired_drop_interval_is_the_exact_mcnemar_interval():
     for b, c, n in [(21, 11, 3925), (60, 23, 3925), (3, 0, 50), (0, 5, 200)]:
-        ci = binomtest(b, b + c).proportion_ci(0.95, method="exact")
+        plo, phi = clopper_pearson(b, b + c)
         lo, hi = paired_drop_interval(b, c, n)
-        assert lo == pytest.approx(100 * (b + c) * (2 * ci.low - 1) / n)
-        assert hi == pytest.approx(100 * (b + c) * (2 * ci.high - 1) / n)
+        assert lo == pytest.approx(100 * (b + c) * (2 * plo - 1) / n)
+        assert hi == pytest.approx(100 * (b + c) * (2 * phi - 1) / n)
         assert lo <= 100 * (b - c) / n <= hi
     assert paired_drop_interval(0, 0, 100) == (0.0, 0.0)
-    lo, hi = clopper_pearson(0, 10)
-    assert lo == 0.0 and 0.25 < hi < 0.31  # the rule of three's neighbourhood: 1 - 0.025 ** (1 / 10)
+    lo, hi = paired_drop_interval(21, 11, 3925)      # the reference model's 0.6 figures: +0.25, not significant
+    assert lo < 0 < 0.25 < hi < 0.6
 
 
 def _labelled(b: int, c: int, n: int) -> DriftResult:
