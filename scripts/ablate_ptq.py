@@ -13,16 +13,16 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 
 from ghostedge.calibrate import Method, collect_stats
-from ghostedge.data import batches, labelled_set, load_images, normalize, sample_images
+from ghostedge.data import batches
 from ghostedge.drift import compare, drop_interval
 from ghostedge.export import INPUT_NAME, to_onnx_proto
-from ghostedge.model import load_model
 from ghostedge.qdq import insert_qdq, plan_placement
-from ghostedge.quantize import DEFAULT_EXCLUDE_PATTERNS, _excluded_nodes, amax_table, ort_logits, torch_logits
+from ghostedge.quantize import DEFAULT_EXCLUDE_PATTERNS, _excluded_nodes, amax_table, ort_logits
 from ghostedge.refine import RefineConfig, apply_weights, refine
+
+from compare_ptq import side_by_side_data  # scripts/ is on sys.path when run as a script
 
 
 def main() -> None:
@@ -37,18 +37,8 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None)
     a = ap.parse_args()
 
-    model, info = load_model(a.weights)
-    pre = info.preprocess
-    cdir = a.calib or a.data / "train"
-    x_cal = normalize(load_images(sample_images(cdir, a.num_images, seed=0), pre)[0], pre)
-    ds = labelled_set(a.data / "val", info.classes, info.wnids)
-    paths, labels = ds.paths, np.asarray(ds.labels)
-    if a.max_eval:
-        paths, labels = paths[:a.max_eval], labels[:a.max_eval]
-    x_ev = normalize(load_images(paths, pre)[0], pre)
-    ref = torch_logits(model, x_ev)
-    print(f"{info.source}: {info.width}x {pre.input_size}px, FP32 top-1 {compare(ref, ref, labels).ref_top1:.2f}% "
-          f"on {len(x_ev)} images; {len(x_cal)} calibration images from {cdir}", flush=True)
+    model, info, cdir, x_cal, x_ev, labels, ref = side_by_side_data(a.data, a.weights, a.calib, a.num_images,
+                                                                    a.max_eval)
     fp32 = to_onnx_proto(model, info)
     t0 = time.time()
     stats = collect_stats(fp32, lambda: batches(x_cal, 32), INPUT_NAME)

@@ -92,6 +92,25 @@ def modelopt_default(python: str, fp32_path: Path, x_cal: np.ndarray, out: Path)
     return out
 
 
+def side_by_side_data(data: Path, weights: Path | None, calib: Path | None, num_images: int, max_eval: int):  # noqa: ANN201
+    """The model, its calibration images (class-balanced, seed 0: the ones `quantize` picks), the eval
+    images and labels, and the FP32 PyTorch logits every recipe is compared against; says what it loaded."""
+    model, info = load_model(weights)
+    pre = info.preprocess
+    cdir = calib or data / "train"
+    x_cal = normalize(load_images(sample_images(cdir, num_images, seed=0), pre)[0], pre)
+    ds = labelled_set(data / "val", info.classes, info.wnids)
+    paths, labels = ds.paths, np.asarray(ds.labels)
+    if max_eval:
+        paths, labels = paths[:max_eval], labels[:max_eval]
+    x_ev = normalize(load_images(paths, pre)[0], pre)
+    ref = torch_logits(model, x_ev)
+    print(f"{info.source}: {info.width}x at {pre.input_size} px; FP32 PyTorch top-1 "
+          f"{compare(ref, ref, labels).ref_top1:.2f}% on {len(x_ev)} images; {len(x_cal)} calibration images "
+          f"from {cdir}", flush=True)
+    return model, info, cdir, x_cal, x_ev, labels, ref
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", type=Path, default=Path("../shared/datasets/imagenette"))
@@ -105,20 +124,8 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None)
     a = ap.parse_args()
 
-    model, info = load_model(a.weights)
-    pre = info.preprocess
-    cdir = a.calib or a.data / "train"
-    calib_paths = sample_images(cdir, a.num_images, seed=0)
-    x_cal = normalize(load_images(calib_paths, pre)[0], pre)
-    ds = labelled_set(a.data / "val", info.classes, info.wnids)
-    paths, labels = ds.paths, np.asarray(ds.labels)
-    if a.max_eval:
-        paths, labels = paths[:a.max_eval], labels[:a.max_eval]
-    x_ev = normalize(load_images(paths, pre)[0], pre)
-    ref = torch_logits(model, x_ev)
-    print(f"{info.source}: {info.width}x at {pre.input_size} px; FP32 PyTorch top-1 "
-          f"{compare(ref, ref, labels).ref_top1:.2f}% on {len(x_ev)} images; {len(x_cal)} calibration images "
-          f"from {cdir}", flush=True)
+    model, info, cdir, x_cal, x_ev, labels, ref = side_by_side_data(a.data, a.weights, a.calib, a.num_images,
+                                                                    a.max_eval)
 
     tmp = Path(tempfile.mkdtemp())
     fp32 = tmp / "fp32.onnx"
