@@ -43,11 +43,9 @@ def test_interpreter_matches_onnxruntime_fp32_and_qdq(tiny):
     got = TorchGraph(proto).forward(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(got, ort_logits(proto, x, threads=1), rtol=1e-4, atol=1e-4)
     # the fake-quantized forward is the Q/DQ graph as ONNX defines it (ONNX Runtime without graph fusions:
-    # same rounding, saturation, shared scales); a value within float eps of a rounding boundary may
-    # still round the other way after a different summation order, hence means, not maxima
+    # same rounding, saturation, shared scales)
     q_ref = _reference_qdq(insert_qdq(proto, pl, amax), x)
-    q_int = quantized_logits(proto, pl, Refined(amax=amax), x)
-    assert np.abs(q_int - q_ref).mean() < 0.1 * np.abs(q_ref - got).mean()
+    _same_outputs(quantized_logits(proto, pl, Refined(amax=amax), x), q_ref, got)
 
 
 def quantized_logits(proto: onnx.ModelProto, pl, r: Refined, x: np.ndarray) -> np.ndarray:
@@ -74,6 +72,15 @@ def quantized_logits(proto: onnx.ModelProto, pl, r: Refined, x: np.ndarray) -> n
     return env[g.output].numpy()
 
 
+def _same_outputs(mine: np.ndarray, ref: np.ndarray, fp32: np.ndarray) -> None:
+    """mine reproduces ref image by image, while ref differs from FP32 on every image. A value within float
+    eps of a rounding boundary may round the other way after another summation order (thread count), and
+    in a random net that flip carries to the logits, so a few images may differ; most must not."""
+    same = np.abs(mine - ref).max(axis=1) < 1e-5
+    assert same.mean() >= 0.5, same
+    assert (np.abs(ref - fp32).max(axis=1) > 1e-5).all()
+
+
 def _reference_qdq(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
     from ghostedge.export import ort_session
 
@@ -93,9 +100,7 @@ def test_refined_graph_keeps_tensorrt_rules_and_int8_grid(tiny):
     q = qdq_model(proto, SE(proto), r)
     onnx.checker.check_model(q)
     # the weight DQ of every refined node carries the refined grid, the int8 values Q recovers are exact
-    got = _reference_qdq(q, x)
-    fp = ort_logits(proto, x, threads=1)
-    assert np.abs(quantized_logits(proto, pl, r, x) - got).mean() < 0.1 * np.abs(got - fp).mean()
+    _same_outputs(quantized_logits(proto, pl, r, x), _reference_qdq(q, x), ort_logits(proto, x, threads=1))
 
 
 def test_gptq_beats_round_to_nearest_on_correlated_inputs():
