@@ -20,7 +20,7 @@ import numpy as np
 
 from .backends.base import BaseRunner
 from .data import class_folders, find_images, labelled_set, load_images, normalize
-from .drift import compare
+from .drift import accuracy, compare, judge
 from .errors import CheckFailed, GhostedgeError
 from .manifest import cpu_flags, cpu_name, read_manifest, version_tuple
 from .model import ModelInfo, ModelSpec, check_against, load_model
@@ -393,15 +393,11 @@ def bench(cfg: BenchConfig, say: Callable[[str], None] = lambda s: None) -> dict
                          "fp32_wrong_engine_right": d.ref_wrong_engine_right,
                          "drop_ci95": d.drop_ci95, "classes_lost_most": d.classes_lost_most}
             if cfg.max_drop is not None:
-                from .drift import judge
-
                 verdict = judge(d, cfg.max_drop)
                 rep.drift["gate"] = verdict.message
                 if verdict.fails:
                     failed.append(f"{Path(rep.path).name}: {verdict.message}")
         if labels is not None:
-            from .drift import accuracy
-
             acc = accuracy(ref_logits, labels)
             base_d = {"top1": acc.top1, "top5": acc.top5}
     result = {

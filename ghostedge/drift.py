@@ -51,11 +51,11 @@ def _solve(f, target: float) -> float:
 
 def clopper_pearson(k: int, n: int, conf: float = 0.95) -> tuple[float, float]:
     """Exact (Clopper-Pearson) two-sided interval of a binomial proportion, k successes in n trials:
-    lo solves P(X >= k | lo) = a/2, hi solves P(X <= k | hi) = a/2, a = 1 - conf."""
+    lo solves P(X >= k | lo) = a, i.e. P(X <= k - 1 | lo) = 1 - a; hi solves P(X <= k | hi) = a; a = (1 - conf) / 2."""
     if n <= 0:
         return 0.0, 1.0
     a = (1.0 - conf) / 2
-    lo = 0.0 if k <= 0 else _solve(lambda p: -(1.0 - binom_cdf(k - 1, n, p)), -a)
+    lo = 0.0 if k <= 0 else _solve(lambda p: binom_cdf(k - 1, n, p), 1.0 - a)
     hi = 1.0 if k >= n else _solve(lambda p: binom_cdf(k, n, p), a)
     return lo, hi
 

@@ -169,18 +169,19 @@ def amax_table(stats: dict[str, TensorStats], method: Method, percentile: float)
 def qdq_model(fp32: onnx.ModelProto, excluded: set[str], refined: Refined) -> onnx.ModelProto:
     """The TensorRT Q/DQ graph: placement without the excluded nodes, refined ranges, weights and biases
     (an excluded node keeps its float weights and bias)."""
-    keep = Refined(amax=refined.amax,
-                   weights={k: v for k, v in refined.weights.items() if k not in excluded},
-                   weight_amax={k: v for k, v in refined.weight_amax.items() if k not in excluded},
-                   biases={k: v for k, v in refined.biases.items() if k not in excluded})
-    return insert_qdq(apply_weights(fp32, keep), plan_placement(fp32, excluded), refined.amax,
-                      weight_amax=keep.weight_amax)
+    return insert_qdq(apply_weights(fp32, refined, skip=excluded), plan_placement(fp32, excluded), refined.amax,
+                      weight_amax=refined.weight_amax)
 
 
 #: the --max-drop search: nodes ranked on this many calibration images, then at most MAX_SEARCH_TRIES of
 #: them measured on the drift images, most damaging first
 SENSITIVITY_IMAGES = 32
 MAX_SEARCH_TRIES = 12
+
+
+def _step(d: DriftResult) -> dict:
+    """One row of the --max-drop search: where the drift stands."""
+    return {"drop": round(d.drop, 3), "ci95": d.drop_ci95, "agreement": round(d.agreement, 2), "kl": d.kl}
 
 
 def sensitivity(fp32: onnx.ModelProto, excluded: set[str], refined: Refined, x: np.ndarray, ref: np.ndarray,
@@ -287,8 +288,7 @@ def quantize(cfg: QuantizeConfig, progress: Callable[[str, int, int], None] | No
     gate = None
     if cfg.max_drop is not None:
         verdict = judge(drift, cfg.max_drop)
-        steps.append({"kept_float": 0, "drop": round(drift.drop, 3), "ci95": drift.drop_ci95,
-                      "agreement": round(drift.agreement, 2), "kl": drift.kl})
+        steps.append({"kept_float": 0, **_step(drift)})
         if verdict.fails:
             t_s = time.time()
             x_s = x_cal[:SENSITIVITY_IMAGES]
@@ -303,9 +303,7 @@ def quantize(cfg: QuantizeConfig, progress: Callable[[str, int, int], None] | No
                 q_try = qdq_model(fp32, set(excluded) | set(extra) | {node}, refined)
                 d_try = compare(ref, ort_logits(q_try, x_ev, threads=cfg.threads), y_ev, info.classes)
                 kept = d_try.kl < drift.kl
-                steps.append({"kept_float": len(extra) + kept, "node": node, "kept": kept,
-                              "drop": round(d_try.drop, 3), "ci95": d_try.drop_ci95,
-                              "agreement": round(d_try.agreement, 2), "kl": d_try.kl})
+                steps.append({"kept_float": len(extra) + kept, "node": node, "kept": kept, **_step(d_try)})
                 if kept:
                     extra.append(node)
                     q, drift = q_try, d_try

@@ -248,7 +248,7 @@ def _units(placement: Placement) -> dict[str, str]:
     return {t: root.get(t, t) for t in set(placement.act_consumers) | set(root)}
 
 
-def _in_chunks(g: TorchGraph, x: np.ndarray, chunk: int):
+def _in_chunks(x: np.ndarray, chunk: int):
     for i in range(0, len(x), chunk):
         yield torch.from_numpy(np.ascontiguousarray(x[i:i + chunk]))
 
@@ -280,7 +280,7 @@ def choose_ranges(fp32: onnx.ModelProto, placement: Placement, stats: dict[str, 
     err: dict[str, dict[str, float]] = {u: {k: 0.0 for k in c} for u, c in cands.items()}
     watch = {t for t in unit if unit[t] in cands}
     gen = torch.Generator().manual_seed(seed)
-    for xb in _in_chunks(g, x, chunk):
+    for xb in _in_chunks(x, chunk):
         inp = xb.clone().requires_grad_(g.input in watch)
         env = {g.input: inp}
         kept: dict[str, torch.Tensor] = {g.input: inp} if g.input in watch else {}
@@ -355,14 +355,17 @@ def _conv_cols(n: onnx.NodeProto, x: torch.Tensor, groups: int, kshape) -> torch
     return cols
 
 
-def _refine(fp32: onnx.ModelProto, placement: Placement, stats: dict[str, TensorStats],
+@_no_denormals()
+def refine(fp32: onnx.ModelProto, placement: Placement, stats: dict[str, TensorStats],
            base_amax: dict[str, float], x: np.ndarray, cfg: RefineConfig,
            tick: Callable[[str, int, int], None] | None = None) -> Refined:
     """Run the refinements cfg asks for on calibration images x; the FP32 graph is left untouched."""
+    res = Refined(amax=dict(base_amax))
+    if cfg.ranges == "fixed" and cfg.rounding == "nearest" and not cfg.bias_correction:
+        return res
     g = TorchGraph(fp32)
     tick = tick or (lambda what, done, total: None)
     x = x[: cfg.images]
-    res = Refined(amax=dict(base_amax))
     t0 = time.time()
     if cfg.ranges == "auto":
         tick("choosing ranges", 0, 1)
@@ -432,13 +435,16 @@ def _refine(fp32: onnx.ModelProto, placement: Placement, stats: dict[str, Tensor
     return res
 
 
-def apply_weights(fp32: onnx.ModelProto, refined: Refined) -> onnx.ModelProto:
-    """A copy of the FP32 graph whose quantized nodes carry their own refined weights and biases
-    (new initializers, so an initializer shared by several nodes is never changed under another)."""
+def apply_weights(fp32: onnx.ModelProto, refined: Refined, skip: set[str] = frozenset()) -> onnx.ModelProto:
+    """A copy of the FP32 graph whose quantized nodes carry their own refined weights and biases (new
+    initializers, so an initializer shared by several nodes is never changed under another); nodes in
+    ``skip`` (kept in float) keep their float ones."""
     m = onnx.ModelProto()
     m.CopyFrom(fp32)
     new = []
     for n in m.graph.node:
+        if n.name in skip:
+            continue
         if n.name in refined.weights:
             name = f"{n.name}_weight_refined"
             new.append(numpy_helper.from_array(refined.weights[n.name].astype(np.float32), name))
@@ -446,16 +452,11 @@ def apply_weights(fp32: onnx.ModelProto, refined: Refined) -> onnx.ModelProto:
         if n.name in refined.biases:
             name = f"{n.name}_bias_corrected"
             new.append(numpy_helper.from_array(refined.biases[n.name], name))
-            if len(n.input) > 2 and n.input[2]:
-                n.input[2] = name
-            else:
-                while len(n.input) < 3:
-                    n.input.append("")
-                n.input[2] = name
+            while len(n.input) < 3:
+                n.input.append("")
+            n.input[2] = name
     m.graph.initializer.extend(new)
     return m
-
-
 
 
 def _quant_inputs(placement: Placement) -> dict[str, set[int]]:
@@ -465,11 +466,3 @@ def _quant_inputs(placement: Placement) -> dict[str, set[int]]:
         for node, idx in users:
             out.setdefault(node, set()).add(idx)
     return out
-
-
-def refine(*args, **kw) -> Refined:
-    with _no_denormals():
-        return _refine(*args, **kw)
-
-
-refine.__doc__ = _refine.__doc__

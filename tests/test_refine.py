@@ -17,7 +17,8 @@ from ghostedge.model import ModelInfo, Preprocess
 from ghostedge.qdq import insert_qdq, plan_placement, quantizable_nodes, strip_qdq
 from ghostedge.qdq import group_amax
 from ghostedge.quantize import amax_table, ort_logits, qdq_model, sensitivity
-from ghostedge.refine import RefineConfig, Refined, TorchGraph, _gptq, fq_act, fq_weight, refine, weight_scale
+from ghostedge.refine import (RefineConfig, Refined, TorchGraph, _gptq, _quant_inputs, fq_act, fq_weight, refine,
+                              weight_scale)
 
 from .conftest import IMAGENETTE, needs_data, tiny_ghostnet
 
@@ -52,10 +53,7 @@ def quantized_logits(proto: onnx.ModelProto, pl, r: Refined, x: np.ndarray) -> n
     """The Q/DQ graph run by the interpreter with the refinement's fake quantization (fq_act, fq_weight)."""
     g = TorchGraph(proto)
     amax = group_amax(r.amax, pl.groups)
-    quant_in: dict[str, set[int]] = {}
-    for t, users in pl.act_consumers.items():
-        for node, idx in users:
-            quant_in.setdefault(node, set()).add(idx)
+    quant_in = _quant_inputs(pl)
     env = {g.input: torch.from_numpy(x)}
     with torch.no_grad():
         for i, n in enumerate(g.nodes):
