@@ -164,7 +164,10 @@ def to_onnx_proto(model: GhostNet, info: ModelInfo, img_size: int | None = None)
     return proto
 
 
-def ort_session(model: onnx.ModelProto | str | Path, threads: int = 0, optimize: bool = True):
+def ort_session(model: onnx.ModelProto | str | Path, threads: int = 0, optimize: bool = True,
+                float_qdq: bool = False, optimized_path: str | Path | None = None):
+    """A CPU session. ``float_qdq``: Q/DQ nodes stay float ops (no fusion into the host's int8 kernels, see
+    ``estimate``); ``optimized_path``: where ONNX Runtime writes the graph it actually runs."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -176,6 +179,13 @@ def ort_session(model: onnx.ModelProto | str | Path, threads: int = 0, optimize:
     so.log_severity_level = 3
     if not optimize:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    elif float_qdq:
+        # EXTENDED, not ALL: the NCHWc layout of level ALL blocks channels by the host's vector width, so its
+        # summation order (and a rounding flip at a Q/DQ) would differ between AVX2 and AVX-512 hosts
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        so.add_session_config_entry("session.disable_quant_qdq", "1")
+    if optimized_path is not None:
+        so.optimized_model_filepath = str(optimized_path)
     src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
     return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
 

@@ -232,3 +232,58 @@ def strip_qdq(model: onnx.ModelProto) -> onnx.ModelProto:
     del g.initializer[:]
     g.initializer.extend(inits)
     return m
+
+
+def _weight_quantizers(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, onnx.NodeProto]]:
+    """(weight QuantizeLinear, the Conv/Gemm it feeds through its DequantizeLinear) pairs."""
+    inits = {i.name for i in model.graph.initializer}
+    prod = {o: n for n in model.graph.node for o in n.output}
+    out = []
+    for n in model.graph.node:
+        if n.op_type not in ("Conv", "Gemm") or len(n.input) < 2:
+            continue
+        dq = prod.get(n.input[1])
+        q = prod.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+        if q is not None and q.op_type == "QuantizeLinear" and q.input[0] in inits:
+            out.append((q, n))
+    return out
+
+
+def weight_grids(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """node -> per-channel weight amax (scale * 127) of a Q/DQ graph: the grid its weights were refined on."""
+    inits = {i.name: i for i in model.graph.initializer}
+    return {n.name: numpy_helper.to_array(inits[q.input[1]]).astype(np.float32) * np.float32(QMAX)
+            for q, n in _weight_quantizers(model)}
+
+
+def with_weight_bits(model: onnx.ModelProto, bits: int) -> onnx.ModelProto:
+    """A copy of a Q/DQ graph whose weights are on a ``bits``-bit symmetric grid: codes in
+    [-2**(bits-1), 2**(bits-1)] over the same per-channel range (7 bits: |w| <= 64, so on CPUs without
+    VNNI no pair of u8 x s8 products can overflow an int16)."""
+    qmax = float(2 ** (bits - 1))
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    inits = {i.name: i for i in m.graph.initializer}
+    done: set[str] = set()
+    for q, _ in _weight_quantizers(m):
+        name = q.input[1]
+        if name in done:
+            continue
+        s = numpy_helper.to_array(inits[name]).astype(np.float32)
+        inits[name].CopyFrom(numpy_helper.from_array((s * np.float32(QMAX / qmax)).astype(np.float32), name))
+        done.add(name)
+    return m
+
+
+def qdq_weight_code_max(model: onnx.ModelProto) -> int:
+    """The largest |int8 code| any weight QuantizeLinear of a Q/DQ graph produces (the value the int8
+    kernels multiply with)."""
+    inits = {i.name: i for i in model.graph.initializer}
+    worst = 0
+    for q, _ in _weight_quantizers(model):
+        w = numpy_helper.to_array(inits[q.input[0]]).astype(np.float32)
+        s = numpy_helper.to_array(inits[q.input[1]]).astype(np.float32)
+        s = s.reshape(-1, *[1] * (w.ndim - 1)) if s.ndim == 1 else s
+        codes = np.clip(np.rint(w / s), -128, 127)
+        worst = max(worst, int(np.abs(codes).max()))
+    return worst

@@ -21,6 +21,7 @@ from . import __version__
 from .calibrate import Method, TensorStats, collect_stats, compute_amax
 from .data import LabelledSet, batches, fingerprint_files, labelled_set, load_images, normalize, sample_images
 from .drift import DriftResult, compare, judge
+from .estimate import MEASURED_WITH, qdq_logits
 from .errors import GhostedgeError, write_bytes_atomic, write_text_atomic
 from .export import INPUT_NAME, export_onnx, onnx_is_current, ort_session
 from .model import GhostNet, ModelInfo, ModelSpec, load_model
@@ -188,11 +189,11 @@ def sensitivity(fp32: onnx.ModelProto, excluded: set[str], refined: Refined, x: 
                 threads: int, on_step: Callable[[int, int], None] | None = None) -> list[dict]:
     """Per quantized node (Conv, Gemm, residual Add): how much closer to FP32 (mean KL over images x) the
     Q/DQ graph gets when that node alone stays in float, measured; most damaging first."""
-    base = compare(ref, ort_logits(qdq_model(fp32, excluded, refined), x, threads=threads)).kl
+    base = compare(ref, qdq_logits(qdq_model(fp32, excluded, refined), x, threads=threads)).kl
     nodes = [n for n in quantizable_nodes(fp32) if n not in excluded]
     rows = []
     for i, node in enumerate(nodes):
-        d = compare(ref, ort_logits(qdq_model(fp32, excluded | {node}, refined), x, threads=threads))
+        d = compare(ref, qdq_logits(qdq_model(fp32, excluded | {node}, refined), x, threads=threads))
         rows.append({"node": node, "kl_gain": base - d.kl})
         if on_step:
             on_step(i + 1, len(nodes))
@@ -281,7 +282,7 @@ def quantize(cfg: QuantizeConfig, progress: Callable[[str, int, int], None] | No
     ref = torch_logits(model, x_ev)
 
     q = qdq_model(fp32, set(excluded), refined)
-    drift = compare(ref, ort_logits(q, x_ev, threads=cfg.threads), y_ev, info.classes)
+    drift = compare(ref, qdq_logits(q, x_ev, threads=cfg.threads), y_ev, info.classes)
 
     sens_rows: list[dict] = []
     steps: list[dict] = []
@@ -301,7 +302,7 @@ def quantize(cfg: QuantizeConfig, progress: Callable[[str, int, int], None] | No
                 if not judge(drift, cfg.max_drop).fails:
                     break
                 q_try = qdq_model(fp32, set(excluded) | set(extra) | {node}, refined)
-                d_try = compare(ref, ort_logits(q_try, x_ev, threads=cfg.threads), y_ev, info.classes)
+                d_try = compare(ref, qdq_logits(q_try, x_ev, threads=cfg.threads), y_ev, info.classes)
                 kept = d_try.kl < drift.kl
                 steps.append({"kept_float": len(extra) + kept, "node": node, "kept": kept, **_step(d_try)})
                 if kept:
@@ -324,7 +325,9 @@ def quantize(cfg: QuantizeConfig, progress: Callable[[str, int, int], None] | No
         "img_size": pre.input_size,
         "input": INPUT_NAME,
         "data": {"folder": str(cfg.calib), "fingerprint": fingerprint_files(calib_paths, cfg.calib),
-                 "files": len(calib_paths), "skipped_unreadable": len(rep.bad)},
+                 "files": len(calib_paths), "skipped_unreadable": len(rep.bad),
+                 # the images calibrated on, so later checks (the CPU engine choice) can hold them out
+                 "paths": sorted(str(p.relative_to(cfg.calib)) for p in calib_paths)},
         "model": {"fingerprint": info.fingerprint, "weights": info.source, "width": info.width,
                   "num_classes": info.num_classes, "onnx": FP32_NAME, "preprocess": pre.to_dict(),
                   "classes": info.classes},
@@ -340,7 +343,7 @@ def quantize(cfg: QuantizeConfig, progress: Callable[[str, int, int], None] | No
     }
     result = QuantizeResult(out=cfg.out, files={}, method=cfg.method.value, num_images=len(x_cal),
                             seconds=0.0, drift=drift, drift_set=drift_set,
-                            measured_with="ONNX Runtime CPU (an estimate of TensorRT INT8)", excluded=excluded,
+                            measured_with=MEASURED_WITH, excluded=excluded,
                             sensitivity=sens_rows[:20], mixed_precision_steps=steps, skipped_images=len(rep.bad),
                             refinement=refined.summary(), gate=gate)
 

@@ -19,7 +19,8 @@ from ghostedge.data import batches
 from ghostedge.drift import compare, drop_interval
 from ghostedge.export import INPUT_NAME, to_onnx_proto
 from ghostedge.qdq import insert_qdq, plan_placement
-from ghostedge.quantize import DEFAULT_EXCLUDE_PATTERNS, _excluded_nodes, amax_table, ort_logits
+from ghostedge.estimate import qdq_logits as ort_logits  # Q/DQ graphs with TensorRT's arithmetic
+from ghostedge.quantize import DEFAULT_EXCLUDE_PATTERNS, _excluded_nodes, amax_table
 from ghostedge.refine import RefineConfig, apply_weights, refine
 
 from compare_ptq import side_by_side_data  # scripts/ is on sys.path when run as a script

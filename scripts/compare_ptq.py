@@ -35,7 +35,8 @@ from ghostedge.data import labelled_set, load_images, normalize, sample_images
 from ghostedge.drift import compare, drop_interval
 from ghostedge.export import INPUT_NAME, to_onnx_proto
 from ghostedge.model import load_model
-from ghostedge.quantize import QuantizeConfig, ort_logits, quantize, torch_logits
+from ghostedge.estimate import qdq_logits as ort_logits  # Q/DQ graphs with TensorRT's arithmetic
+from ghostedge.quantize import QuantizeConfig, quantize, torch_logits
 from ghostedge.refine import RefineConfig
 
 

@@ -54,8 +54,14 @@ def test_build_on_a_cpu_chooses_by_measurement_and_records_every_candidate(engin
     man = json.loads(r.manifest.read_text())
     sel = man["selection"]
     names = [c["name"] for c in sel["candidates"]]
-    assert "onnxruntime-u8s8" in names and any(n.startswith("openvino-qdq") for n in names)
-    assert sel["batches"] == [1, 4] and sel["held_out_images"] > 0
+    import openvino as ov
+
+    from ghostedge.build_cpu import int8_variants
+    from ghostedge.cpu import host_cpu
+
+    bf16 = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    assert names == [v.name for v in int8_variants(host_cpu(), True, bf16)]   # this CPU kind's candidates
+    assert sel["batches"] == [1, 4] and sel["held_out_images"] > 0 and sel["cpu"]["name"]
     chosen = next(c for c in sel["candidates"] if c["name"] == sel["chosen"])
     assert chosen["faithful"] and chosen["backend"] == r.backend
     faithful = [c for c in sel["candidates"] if c["faithful"] and not c["error"]]
@@ -79,8 +85,16 @@ def test_unfaithful_candidates_are_dropped(engines_copy: Path, monkeypatch: pyte
 
     monkeypatch.setattr(bc, "_open", broken)
     monkeypatch.setattr(bc, "SELECT_SECONDS", 0.05)
-    with pytest.raises(GhostedgeError, match="no CPU engine kept the calibration's accuracy"):
-        build(BuildConfig(engines=engines_copy, precision=Precision.int8, backend=Backend.auto, batch=(1, 2, 2)))
+    said: list[str] = []
+    # never stop the job because no candidate is perfect: the most faithful is built, the shortfall recorded
+    r = build(BuildConfig(engines=engines_copy, precision=Precision.int8, backend=Backend.auto, batch=(1, 2, 2)),
+              say=said.append)
+    sel = json.loads(r.manifest.read_text())["selection"]
+    assert not any(c["faithful"] for c in sel["candidates"] if not c["error"])
+    assert sel["shortfall"]["engine"] == sel["chosen"] and sel["shortfall"]["shortfall_pts"] > 0.3
+    worked = [c for c in sel["candidates"] if not c["error"]]
+    assert sel["shortfall"]["shortfall_pts"] == min(c["shortfall_pts"] for c in worked)   # the most faithful
+    assert sel["shortfall"]["reason"] and any("warning: no CPU engine kept" in s for s in said)
 
 
 def test_selection_needs_the_calibration_images(engines_copy: Path, tmp_path: Path):
@@ -129,7 +143,7 @@ def test_cpu_qdq_variant_keeps_the_ranges_and_leaves_the_tensorrt_graph_alone(en
 
     before = (engines_copy / "ghostnet.int8.onnx").read_bytes()
     rec = load_record(engines_copy / "ghostnet.calib.json")
-    v = cpu_qdq_variant(onnx.load(str(engines_copy / "ghostnet.onnx")), rec)
+    v = cpu_qdq_variant(onnx.load(str(engines_copy / "ghostnet.int8.onnx")), rec)
     inits = {t.name: numpy_helper.to_array(t) for t in v.graph.initializer}
     seen = 0
     for n in v.graph.node:

@@ -63,8 +63,11 @@ def calibrated_ranges(tensors: dict) -> dict[str, tuple[float, float]]:
     return out
 
 
-def quantize_for_cpu(fp32: onnx.ModelProto, record: dict, exclude: list[str] | None = None) -> onnx.ModelProto:
-    """u8s8 QOperator model from the FP32 ONNX and the calibration record's calibrated ranges."""
+def quantize_for_cpu(fp32: onnx.ModelProto, record: dict, exclude: list[str] | None = None,
+                     reduce_range: bool = False) -> onnx.ModelProto:
+    """u8s8 QOperator model from the FP32 ONNX and the calibration record's calibrated ranges.
+    ``reduce_range``: weights on ONNX Runtime's 7-bit grid [-64, 64], which its documentation recommends for
+    x86 CPUs without VNNI, where the u8s8 kernels add pairs of products in a saturating int16."""
     import onnxruntime
 
     check_ort_version(onnxruntime.__version__)
@@ -85,10 +88,57 @@ def quantize_for_cpu(fp32: onnx.ModelProto, record: dict, exclude: list[str] | N
         k: TensorData(lowest=np.float32(min(lo, 0.0)), highest=np.float32(max(hi, 0.0)))
         for k, (lo, hi) in ranges.items()})
     model = onnx.shape_inference.infer_shapes(fp32)
-    q = ONNXQuantizer(model, True, False, QuantizationMode.QLinearOps, True, QuantType.QInt8,
+    q = ONNXQuantizer(model, True, reduce_range, QuantizationMode.QLinearOps, True, QuantType.QInt8,
                       QuantType.QUInt8, data, [], list(exclude or []), list(QLinearOpsRegistry), {})
     q.quantize_model()
     return q.model.model
+
+
+#: QOperator ops with int8 weights: op -> (weight input, weight zero-point input)
+_WEIGHT_INPUTS = {"QLinearConv": (3, 5), "QLinearMatMul": (3, 5), "QGemm": (3, 5)}
+
+
+def _weights(model: onnx.ModelProto):  # noqa: ANN202 (iterator of (node, weight, zero point) initializers)
+    inits = {i.name: i for i in model.graph.initializer}
+    for n in model.graph.node:
+        if n.op_type in _WEIGHT_INPUTS:
+            w, z = _WEIGHT_INPUTS[n.op_type]
+            if len(n.input) > z and n.input[w] in inits and n.input[z] in inits:
+                yield n, inits[n.input[w]], inits[n.input[z]]
+
+
+def to_uint8_weights(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The same QOperator model with uint8 weights: every int8 weight + 128, zero point + 128 (the same
+    values exactly). ONNX Runtime then runs its u8u8 kernels, which widen both operands to int16 before
+    multiplying (no int16 saturation on x86 without VNNI) where the u8s8 ones use vpmaddubsw."""
+    from onnx import numpy_helper
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    seen: set[str] = set()
+    for _, w, z in _weights(m):
+        for t in (w, z):
+            if t.name in seen or t.data_type != onnx.TensorProto.INT8:
+                continue
+            a = numpy_helper.to_array(t).astype(np.int16) + 128
+            t.CopyFrom(numpy_helper.from_array(a.astype(np.uint8), t.name))
+            seen.add(t.name)
+    return m
+
+
+def qoperator_weight_code_max(model: onnx.ModelProto) -> int | None:
+    """The largest |weight - zero point| of the model's int8 weights; None when every weight is uint8."""
+    from onnx import numpy_helper
+
+    worst = None
+    for _, w, z in _weights(model):
+        if w.data_type != onnx.TensorProto.INT8:
+            continue
+        a, zp = numpy_helper.to_array(w).astype(np.int32), numpy_helper.to_array(z).astype(np.int32)
+        if zp.size > 1 and a.shape[0] == zp.size:      # per output channel on axis 0 (QLinearConv, QGemm transB)
+            zp = zp.reshape(-1, *[1] * (a.ndim - 1))
+        worst = max(worst or 0, int(np.abs(a - zp).max()))
+    return worst
 
 
 def optimize_to(model: onnx.ModelProto, dst: str | Path) -> Path:
