@@ -75,6 +75,11 @@ class EngineReport:
         if base is not None:
             d["speedup_vs_baseline"] = {str(b): round(t.throughput / base.timings[b].throughput, 3)
                                         for b, t in self.timings.items() if b in base.timings}
+        sel = (self.manifest or {}).get("selection")
+        if sel:  # how a CPU engine was chosen: what it is, what it was checked on, and any shortfall
+            d["cpu_choice"] = {"chosen": sel.get("chosen"), "cpu": (sel.get("cpu") or {}).get("name"),
+                               "vnni": (sel.get("cpu") or {}).get("vnni"), "images": sel.get("images"),
+                               "shortfall": sel.get("shortfall")}
         if self.drift:
             d.update(self.drift)
         return d

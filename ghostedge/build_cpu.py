@@ -54,6 +54,8 @@ SELECT_SECONDS = 0.6
 SELECT_IMAGES = 1024
 #: below this many real held-out images, synthetic mosaics fill up to SELECT_IMAGES
 MIN_REAL_IMAGES = 512
+#: an FP32 candidate computes the FP32 function itself: a smaller check finds a broken one
+FP32_CHECK_IMAGES = 128
 #: a candidate may agree with FP32 this much less than the Q/DQ estimate (points) ...
 FAITHFUL_TOL_PTS = 0.3
 #: ... unless an exact one-sided McNemar test says the loss is real at this level
@@ -274,8 +276,9 @@ def mosaics(u8: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
     return out
 
 
-def check_images(cfg, record: dict | None, info, size: int) -> tuple[np.ndarray, dict]:  # noqa: ANN001
-    """Images the calibration did not use, preprocessed as the model says, and what they are."""
+def check_images(cfg, record: dict | None, info, size: int,  # noqa: ANN001
+                 n: int = SELECT_IMAGES) -> tuple[np.ndarray, dict]:
+    """Up to n images the calibration did not use, preprocessed as the model says, and what they are."""
     import random
 
     from .data import find_images, load_images, normalize, sample_images
@@ -297,12 +300,11 @@ def check_images(cfg, record: dict | None, info, size: int) -> tuple[np.ndarray,
     calib = [p for p in find_images(folder) if _rel(p, folder) in used]
     rest = [p for p in find_images(folder) if _rel(p, folder) not in used]
     random.Random(seed + 1).shuffle(rest)
-    real, _, _ = load_images(rest[:SELECT_IMAGES], info.preprocess, size, what=f"held-out images in {folder}",
-                             needed=0)
+    real, _, _ = load_images(rest[:n], info.preprocess, size, what=f"held-out images in {folder}", needed=0)
     parts, synth = [real], 0
-    if len(real) < MIN_REAL_IMAGES and calib:
+    if len(real) < min(MIN_REAL_IMAGES, n) and calib:
         cal_u8, _, _ = load_images(calib[:256], info.preprocess, size, what=f"calibration images in {folder}")
-        synth = SELECT_IMAGES - len(real)
+        synth = n - len(real)
         parts.append(mosaics(cal_u8, synth, seed))
         note += (f"{folder} has {len(real)} image(s) the calibration did not use, so {synth} synthetic images "
                  "(2x2 mosaics of crops of calibration images) were added: give --calib a folder with "
@@ -398,7 +400,7 @@ def choose_cpu_engine(cfg, say: Callable[[str], None], threads: int = 0,  # noqa
     b0, _, b2 = resolve_batch(cfg)
     batches = sorted({b0, b2})
     try:
-        x, images = check_images(cfg, calib_record, info, size)
+        x, images = check_images(cfg, calib_record, info, size, SELECT_IMAGES if int8 else FP32_CHECK_IMAGES)
     except GhostedgeError:
         if int8:
             raise
@@ -436,7 +438,8 @@ def choose_cpu_engine(cfg, say: Callable[[str], None], threads: int = 0,  # noqa
                 c.error = str(e).strip().splitlines()[-1][:300] if str(e).strip() else type(e).__name__
             say(f"  candidate {c.name}: " + (f"error: {c.error}" if c.error else
                 ", ".join(f"batch {b} {v:.0f} img/s" for b, v in c.throughput.items())
-                + f"; agreement with FP32 {c.agreement_fp32:.2f}% (Q/DQ estimate {est_agree:.2f}%)"
+                + f"; agreement with FP32 {c.agreement_fp32:.2f}%"
+                + (f" (Q/DQ estimate {est_agree:.2f}%)" if int8 else "")
                 + ("" if c.faithful else f" -> {c.shortfall_pts:+.2f} pt short (p={c.p_value:.3f}), not faithful")))
         working = [c for c in cands if not c.error]
         if not working:

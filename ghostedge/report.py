@@ -117,6 +117,18 @@ def bench_markdown(result: dict) -> str:
         if lost:
             lines += ["", "Classes that lost most: " + "; ".join(f"{e}: {c['class']} -{c['drop_pts']} pts"
                                                                   for e, c in lost[:6])]
+    choices = [(Path(r["path"]).name, r["cpu_choice"]) for r in result["engines"] if r.get("cpu_choice")]
+    if choices:
+        lines += ["", "## CPU engine choice", ""]
+        for name, c in choices:
+            im = c.get("images") or {}
+            line = (f"- {name}: {c['chosen']} on {c.get('cpu')} ({'VNNI' if c.get('vnni') else 'no VNNI'}), checked "
+                    f"on {im.get('real', '?')} held-out + {im.get('synthetic', '?')} synthetic images")
+            if c.get("shortfall"):
+                s = c["shortfall"]
+                line += (f"; **no candidate kept the Q/DQ estimate's accuracy**: the most faithful was kept, "
+                         f"{s['shortfall_pts']:.2f} pt short ({s['reason']})")
+            lines.append(line)
     g = result.get("gate")
     if g:
         lines += ["", f"Gate --max-drop {g['max_drop']}: " + ("FAILED: " + "; ".join(g["failed"])
