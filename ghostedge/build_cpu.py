@@ -22,9 +22,9 @@ images, so the choice usually keeps u8u8 there.) FP32: ONNX Runtime and OpenVINO
 FP32 ONNX. The Q/DQ ONNX TensorRT gets is never changed.
 
 The faithfulness check runs on up to ``SELECT_IMAGES`` images of the calibration folder that the
-calibration did not use (the record lists its files). Where fewer than ``MIN_REAL_IMAGES`` are left (the
-shipped ``calib/`` has none), it adds synthetic images: 2x2 mosaics of random crops of four different
-calibration images, which no calibration pass has seen, and says so. A candidate is unfaithful when it
+calibration did not use (the record lists its files). Where fewer are left (the shipped ``calib/`` has
+none), synthetic images fill up to that number: 2x2 mosaics of random crops of four different calibration
+images (new images, though made of calibration pixels), and the choice says so. A candidate is unfaithful when it
 agrees with FP32 more than ``FAITHFUL_TOL_PTS`` less than the estimate does *and* an exact one-sided
 McNemar test on the images where exactly one of the two agrees with FP32 says so at level
 ``FAITHFUL_ALPHA``: one image never drops an engine; a 2-point loss is caught (simulated in the tests).
@@ -52,8 +52,6 @@ from .errors import GhostedgeError
 SELECT_SECONDS = 0.6
 #: images the faithfulness check runs on (held out from calibration)
 SELECT_IMAGES = 1024
-#: below this many real held-out images, synthetic mosaics fill up to SELECT_IMAGES
-MIN_REAL_IMAGES = 512
 #: an FP32 candidate computes the FP32 function itself: a smaller check finds a broken one
 FP32_CHECK_IMAGES = 128
 #: a candidate may agree with FP32 this much less than the Q/DQ estimate (points) ...
@@ -165,9 +163,15 @@ def build_onnxruntime_engine(cfg, dst: Path, record: dict | None,  # noqa: ANN00
 
     if cfg.precision == Precision.int8:
         v = variant or forced_variant("onnxruntime", True, host_cpu())
-        fp32 = refined_float_graph(cfg)
+        fp32 = onnx.load(str(cfg.engines / FP32_NAME))
         exclude = [n.name for n in fp32.graph.node if any(p in n.name for p in CPU_FLOAT_PREFIX)]
         exclude += [n for n in record.get("excluded_nodes", []) if "/se/" not in n]
+        if v.weight_bits == 7:   # weights refined for the 7-bit grid ORT's reduce_range then lands them on
+            from .refine import apply_weights
+
+            fp32 = apply_weights(fp32, refined_for_bits(cfg, record, 7), skip=set(exclude))
+        else:
+            fp32 = refined_float_graph(cfg)
         model = quantize_for_cpu(fp32, record, exclude, reduce_range=v.weight_bits == 7)
         if v.uint8_weights:
             model = to_uint8_weights(model)
@@ -204,6 +208,40 @@ def cpu_qdq_variant(qdq: onnx.ModelProto, record: dict) -> onnx.ModelProto:
     return insert_qdq(fp32, pl, amax, unsigned=nonneg, weight_amax=weight_grids(qdq))
 
 
+_REFINED: dict[tuple, object] = {}
+
+
+def refined_for_bits(cfg, record: dict, bits: int):  # noqa: ANN001,ANN201 (BuildConfig -> refine.Refined)
+    """The calibration's weights rounded for a ``bits``-bit grid by quantize's own refinement (GPTQ rounding,
+    bias correction) on the calibration images, from the FP32 ONNX: 7-bit weights rounded to nearest lose
+    points of agreement that the same refinement as the 8-bit grid's mostly wins back. Computed once per
+    record and process; without the calibration images, plain rounding (``refine.Refined`` without weights)."""
+    from .build import FP32_NAME, RECORD_NAME
+    from .data import load_images, normalize
+    from .export import read_onnx_info
+    from .manifest import file_sha256
+    from .qdq import plan_placement
+    from .refine import RefineConfig, Refined, refine
+
+    key = (file_sha256(cfg.engines / RECORD_NAME), bits)
+    if key in _REFINED:
+        return _REFINED[key]
+    fp32 = onnx.load(str(cfg.engines / FP32_NAME))
+    amax = {k: float(v["amax"]) for k, v in record["tensors"].items()}
+    rc = RefineConfig(weight_qmax=float(2 ** (bits - 1)))
+    folder = Path(cfg.calib or record["data"]["folder"])
+    paths = [folder / p for p in record["data"].get("paths", [])][:rc.images]
+    info = read_onnx_info(fp32)
+    if not paths or not all(p.is_file() for p in paths) or info is None:
+        out = Refined(amax=amax)     # nothing to refine on: round to nearest (insert_qdq's default grid)
+    else:
+        u8, _, _ = load_images(paths, info.preprocess, what=f"calibration images in {folder}")
+        pl = plan_placement(fp32, set(record.get("excluded_nodes", [])), concat_groups=False)
+        out = refine(fp32, pl, {}, amax, normalize(u8, info.preprocess), rc)
+    _REFINED[key] = out
+    return out
+
+
 def openvino_source(cfg, variant: Variant, record: dict | None) -> onnx.ModelProto:  # noqa: ANN001
     """The ONNX an OpenVINO engine is made from: the FP32 ONNX, the TensorRT Q/DQ ONNX, or its CPU variant;
     with 7-bit weights where ``variant`` asks for them."""
@@ -213,6 +251,17 @@ def openvino_source(cfg, variant: Variant, record: dict | None) -> onnx.ModelPro
     if cfg.precision != Precision.int8:
         return onnx.load(str(cfg.engines / FP32_NAME))
     qdq = _qdq_onnx(cfg)
+    if variant.weight_bits == 7 and variant.graph == "u8":
+        from .qdq import insert_qdq, plan_placement
+        from .refine import apply_weights
+
+        fp32 = onnx.load(str(cfg.engines / FP32_NAME))
+        r7 = refined_for_bits(cfg, record, 7)
+        t = record["tensors"]
+        pl = plan_placement(fp32, set(record.get("excluded_nodes", [])), concat_groups=False)
+        model = insert_qdq(apply_weights(fp32, r7), pl, {k: float(v["amax"]) for k, v in t.items()},
+                           unsigned={k for k, v in t.items() if float(v["min"]) >= 0.0}, weight_amax=r7.weight_amax)
+        return model if r7.weights else with_weight_bits(model, 7)
     model = cpu_qdq_variant(qdq, record) if variant.graph == "u8" else qdq
     return with_weight_bits(model, variant.weight_bits) if variant.weight_bits != 8 else model
 
@@ -297,18 +346,24 @@ def check_images(cfg, record: dict | None, info, size: int,  # noqa: ANN001
     else:  # a record from before the file list: the sample quantize drew, as far as it can be redrawn
         used = {_rel(p, folder) for p in sample_images(folder, int(record["num_images"]) if record else 0, seed)}
         note = "the calibration record has no file list (an older ghostedge): calibration images inferred; "
-    calib = [p for p in find_images(folder) if _rel(p, folder) in used]
-    rest = [p for p in find_images(folder) if _rel(p, folder) not in used]
-    random.Random(seed + 1).shuffle(rest)
-    real, _, _ = load_images(rest[:n], info.preprocess, size, what=f"held-out images in {folder}", needed=0)
+    files = find_images(folder)
+    calib = [p for p in files if _rel(p, folder) in used]
+    rest = [p for p in files if _rel(p, folder) not in used]
+    rng = random.Random(seed + 1)
+    rng.shuffle(rest)
+    rng.shuffle(calib)   # mosaics from every class, not the first folders
+    # unreadable files are skipped here, never fatal: they were never calibration images either
+    real, _, _ = load_images(rest[:n], info.preprocess, size, what=f"held-out images in {folder}", needed=0,
+                             strict=False)
     parts, synth = [real], 0
-    if len(real) < min(MIN_REAL_IMAGES, n) and calib:
-        cal_u8, _, _ = load_images(calib[:256], info.preprocess, size, what=f"calibration images in {folder}")
+    if len(real) < n and calib:   # top up to n, so the check's power does not depend on the folder
+        cal_u8, _, _ = load_images(calib[:256], info.preprocess, size, what=f"calibration images in {folder}",
+                                   strict=False)
         synth = n - len(real)
         parts.append(mosaics(cal_u8, synth, seed))
-        note += (f"{folder} has {len(real)} image(s) the calibration did not use, so {synth} synthetic images "
-                 "(2x2 mosaics of crops of calibration images) were added: give --calib a folder with "
-                 f"{MIN_REAL_IMAGES}+ more real images than --num-images for a check on real images")
+        note += (f"{folder} has {len(real)} readable image(s) the calibration did not use, so {synth} synthetic "
+                 "images (2x2 mosaics of random crops of calibration images) were added: give --calib a folder "
+                 f"with {n}+ more real images than --num-images for a check on real images only")
     x = np.concatenate(parts)
     if len(x) == 0:
         raise GhostedgeError(f"no image of {folder} can be read to check the CPU engines: pass --calib DIR")
@@ -371,10 +426,29 @@ def _candidates(cfg, tmp: Path, cpu: CpuInt8) -> list[Candidate]:  # noqa: ANN00
     return [Candidate(v, key[(v.backend, v.graph, v.weight_bits, v.uint8_weights)]) for v in variants]
 
 
+def probed_host(say: Callable[[str], None]) -> tuple[CpuInt8, int | None]:
+    """This CPU from its flags, checked against what ONNX Runtime's u8s8 kernels really do here (a VM may
+    report VNNI it does not pass through): a saturating probe makes it a no-VNNI CPU."""
+    from dataclasses import replace as _replace
+
+    from .backends.onnxruntime import u8s8_probe
+
+    cpu = host_cpu()
+    try:
+        code = u8s8_probe()
+    except Exception:  # noqa: BLE001 (no probe: the flags decide)
+        return cpu, None
+    if code != 200 and not cpu.ort_saturates:
+        say(f"  ONNX Runtime's u8s8 kernels saturate on this CPU although its flags say VNNI (probe {code}, exact "
+            "200): building the no-VNNI candidates")
+        cpu = _replace(cpu, assume_no_vnni=True)
+    return cpu, code
+
+
 def _shortfall_reason(cpu: CpuInt8) -> str:
-    if cpu.x86 and not cpu.vnni:
+    if cpu.ort_saturates or cpu.onednn_saturates:
         return ("this CPU has no VNNI: its int8 kernels add u8 x s8 products in int16, so the CPU engines run "
-                "7-bit or uint8 weights instead of the calibration's int8 grid")
+                "uint8 or 7-bit weights")
     return "the CPU runtimes' int8 kernels round differently from TensorRT's arithmetic on this model"
 
 
@@ -389,7 +463,7 @@ def choose_cpu_engine(cfg, say: Callable[[str], None], threads: int = 0,  # noqa
     from .quantize import ort_logits
 
     t0 = time.time()
-    cpu = cpu or host_cpu()
+    cpu, probe = (cpu, None) if cpu is not None else probed_host(say)
     fp32_path = _need(cfg.engines / FP32_NAME, "the FP32 ONNX")
     int8 = cfg.precision == Precision.int8
     have_record = int8 or (cfg.engines / RECORD_NAME).is_file()
@@ -434,8 +508,9 @@ def choose_cpu_engine(cfg, say: Callable[[str], None], threads: int = 0,  # noqa
                     _judge(c, _logits(r, x, 32), ref, est)
                     for b in batches:
                         c.throughput[str(b)] = time_runner(r, inputs[b], 1, None, SELECT_SECONDS).throughput
-            except (GhostedgeError, RuntimeError) as e:  # OpenVINO raises RuntimeError for kernels it lacks
-                c.error = str(e).strip().splitlines()[-1][:300] if str(e).strip() else type(e).__name__
+            except Exception as e:  # noqa: BLE001 (a runtime's own error: this candidate is out, the choice goes on)
+                first = str(e).strip().splitlines()[-1][:300] if str(e).strip() else ""
+                c.error = first if isinstance(e, GhostedgeError) else f"{type(e).__name__}: {first}"
             say(f"  candidate {c.name}: " + (f"error: {c.error}" if c.error else
                 ", ".join(f"batch {b} {v:.0f} img/s" for b, v in c.throughput.items())
                 + f"; agreement with FP32 {c.agreement_fp32:.2f}%"
@@ -466,7 +541,8 @@ def choose_cpu_engine(cfg, say: Callable[[str], None], threads: int = 0,  # noqa
         shutil.rmtree(tmp, ignore_errors=True)
     say(f"  chose {best.name} ({', '.join(f'batch {b}: {v:.0f} img/s' for b, v in best.throughput.items())}) "
         f"in {time.time() - t0:.0f}s")
-    selection = {"chosen": best.name, "batches": batches, "cpu": cpu.to_dict(), "images": images,
+    selection = {"chosen": best.name, "batches": batches, "cpu": {**cpu.to_dict(), "u8s8_probe": probe},
+                 "images": images,
                  "held_out_images": len(x), "qdq_estimate_agreement_fp32": round(est_agree, 2),
                  "tolerance_pts": FAITHFUL_TOL_PTS, "alpha": FAITHFUL_ALPHA, "shortfall": shortfall,
                  "candidates": [c.record() for c in cands], "seconds": round(time.time() - t0, 1)}
@@ -519,18 +595,25 @@ def build_cpu(cfg, backend: str, say: Callable[[str], None], cpu: CpuInt8 | None
     from .export import read_onnx_info
 
     t0 = time.time()
-    cpu = cpu or host_cpu()
+    cpu = cpu if cpu is not None else probed_host(say)[0]
     fp32_path = _need(cfg.engines / FP32_NAME, "the FP32 ONNX")
     record = _record_for(cfg.engines, fp32_path) if cfg.precision == Precision.int8 else None
     out = cfg.out or default_out(cfg.engines, cfg.precision, backend)
     v = forced_variant(backend, record is not None, cpu)
-    if backend == "onnxruntime":
-        build_onnxruntime_engine(cfg, out, record, v)
-    else:
-        info = read_onnx_info(fp32_path)
-        build_openvino_engine(cfg, out, cfg.img_size or (info.preprocess.input_size if info else 224), v, record)
-    code_max = weight_code_max(v, cfg, record, out)
-    check_no_overflow(v, code_max, cpu)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}{_ext(backend)}")
+    try:  # built and checked under a temporary name, then moved into place
+        if backend == "onnxruntime":
+            build_onnxruntime_engine(cfg, tmp, record, v)
+        else:
+            info = read_onnx_info(fp32_path)
+            build_openvino_engine(cfg, tmp, cfg.img_size or (info.preprocess.input_size if info else 224), v,
+                                  record)
+        code_max = weight_code_max(v, cfg, record, tmp)
+        check_no_overflow(v, code_max, cpu)
+        _move_engine(tmp, out)
+    finally:
+        for f in (tmp, tmp.with_suffix(".bin")):
+            f.unlink(missing_ok=True)
     if record is not None and (cpu.ort_saturates if backend == "onnxruntime" else cpu.onednn_saturates):
         say(f"  {cpu.describe()}: built {v.name}, whose weights cannot overflow the int16 intermediate")
     return _write_cpu_manifest(replace(cfg, out=out), v, record, fp32_path, t0, None, code_max)

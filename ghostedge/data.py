@@ -102,7 +102,9 @@ class LoadReport:
     ok: int = 0
     bad: list[tuple[str, str]] = field(default_factory=list)
 
-    def warn_or_fail(self, what: str, needed: int = 1) -> None:
+    def warn_or_fail(self, what: str, needed: int = 1, strict: bool = True) -> None:
+        """Warn about unreadable images; fail below ``needed`` usable ones or (``strict``) beyond
+        MAX_BAD_FRACTION unreadable."""
         total = self.ok + len(self.bad)
         if self.bad:
             warnings.warn(f"{what}: skipped {len(self.bad)} unreadable image(s) of {total} "
@@ -110,13 +112,14 @@ class LoadReport:
         if self.ok < needed:
             raise GhostedgeError(f"{what}: only {self.ok} usable image(s) of {total}, "
                                  f"{needed} needed: add readable images or lower the count asked for")
-        if total and len(self.bad) / total > MAX_BAD_FRACTION:
+        if strict and total and len(self.bad) / total > MAX_BAD_FRACTION:
             raise GhostedgeError(f"{what}: {len(self.bad)} of {total} images are unreadable "
                                  f"(first: {self.bad[0][0]}): repair or remove them")
 
 
 def load_images(paths: Sequence[Path], pre: Preprocess, size: int | None = None,
-                what: str = "images", needed: int = 1) -> tuple[np.ndarray, list[int], LoadReport]:
+                what: str = "images", needed: int = 1, strict: bool = True
+                ) -> tuple[np.ndarray, list[int], LoadReport]:
     """Decode paths to NHWC uint8; unreadable files are skipped and counted. Returns the kept indices."""
     out, kept, rep = [], [], LoadReport()
     for i, p in enumerate(paths):
@@ -126,7 +129,7 @@ def load_images(paths: Sequence[Path], pre: Preprocess, size: int | None = None,
             rep.ok += 1
         except Exception as e:  # PIL raises many types for corrupt / truncated / non-image files
             rep.bad.append((str(p), str(e).splitlines()[0] if str(e) else type(e).__name__))
-    rep.warn_or_fail(what, needed)
+    rep.warn_or_fail(what, needed, strict)
     s = size or pre.input_size
     arr = np.stack(out) if out else np.zeros((0, s, s, 3), np.uint8)
     return arr, kept, rep

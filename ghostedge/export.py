@@ -184,6 +184,8 @@ def ort_session(model: onnx.ModelProto | str | Path, threads: int = 0, optimize:
         # summation order (and a rounding flip at a Q/DQ) would differ between AVX2 and AVX-512 hosts
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
         so.add_session_config_entry("session.disable_quant_qdq", "1")
+        # level 1's DoubleQDQPairsRemover has its own switch: it would merge Q->DQ->Q->DQ under a new scale
+        so.add_session_config_entry("session.disable_double_qdq_remover", "1")
     if optimized_path is not None:
         so.optimized_model_filepath = str(optimized_path)
     src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)

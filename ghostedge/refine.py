@@ -79,9 +79,11 @@ def fq_act(x: torch.Tensor, amax: float) -> torch.Tensor:
     return torch.clamp(torch.round(x * inv), -128, 127) * torch.tensor(s)
 
 
-def weight_scale(w: torch.Tensor, amax: torch.Tensor | None = None) -> torch.Tensor:
+def weight_scale(w: torch.Tensor, amax: torch.Tensor | None = None, qmax: float = QMAX) -> torch.Tensor:
+    """Per-output-channel scale of a symmetric grid with codes in [-qmax, qmax] (127: int8; 64: the 7-bit
+    grid of CPUs without VNNI)."""
     a = w.reshape(w.shape[0], -1).abs().amax(1) if amax is None else amax
-    return (torch.clamp(a, min=1e-8) / QMAX).to(torch.float32)
+    return (torch.clamp(a, min=1e-8) / qmax).to(torch.float32)
 
 
 def fq_weight(w: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -222,6 +224,7 @@ class RefineConfig:
     bias_correction: bool = True
     images: int = 256               # calibration images the refinement runs on (a subset of the calibration set)
     chunk: int = 32
+    weight_qmax: float = QMAX       # the weight grid's largest code: 127 (int8), 64 (7-bit, CPUs without VNNI)
 
 
 @dataclass
@@ -314,7 +317,8 @@ def choose_ranges(fp32: onnx.ModelProto, placement: Placement, stats: dict[str, 
     return amax, choice
 
 
-def _gptq(w: torch.Tensor, h: torch.Tensor, scale: torch.Tensor, damp: float = 0.01) -> torch.Tensor:
+def _gptq(w: torch.Tensor, h: torch.Tensor, scale: torch.Tensor, damp: float = 0.01,
+          qmax: float = QMAX) -> torch.Tensor:
     """GPTQ/OBQ rounding of w (G, R, K) on a fixed per-row grid (G, R, 1) given Hessians h (G, K, K)."""
     w = w.clone().double()
     h = h.double()
@@ -331,7 +335,7 @@ def _gptq(w: torch.Tensor, h: torch.Tensor, scale: torch.Tensor, damp: float = 0
     q = torch.zeros_like(w)
     for i in range(k):
         col = w[:, :, i]
-        qc = torch.clamp(torch.round(col / s[:, :, 0]), -127, 127) * s[:, :, 0]
+        qc = torch.clamp(torch.round(col / s[:, :, 0]), -qmax, qmax) * s[:, :, 0]
         q[:, :, i] = qc
         e = (col - qc) / u[:, i, i][:, None]
         if i + 1 < k:
@@ -391,7 +395,7 @@ def refine(fp32: onnx.ModelProto, placement: Placement, stats: dict[str, TensorS
                 ins_q[idx] = fq_act(ins_q[idx], amax.get(n.input[idx], 0.0))
             if n.name in weighted:
                 w = ins_q[1]
-                scale = weight_scale(w)
+                scale = weight_scale(w, qmax=cfg.weight_qmax)
                 if n.op_type == "Conv":
                     groups = _attrs(n).get("group", 1)
                     if cfg.rounding == "gptq":
@@ -406,14 +410,15 @@ def refine(fp32: onnx.ModelProto, placement: Placement, stats: dict[str, TensorS
                                 break
                         wg = w.reshape(groups, w.shape[0] // groups, -1)
                         sg = scale.reshape(groups, w.shape[0] // groups, 1)
-                        wq = _gptq(wg, h, sg).reshape(w.shape)
+                        wq = _gptq(wg, h, sg, qmax=cfg.weight_qmax).reshape(w.shape)
                     else:
                         wq = fq_weight(w, scale)
                 else:  # Gemm: rows of B (transB) are output channels
                     wq = fq_weight(w, scale)
                     if cfg.rounding == "gptq" and _attrs(n).get("transB", 0):
                         xin = ins_q[0]
-                        wq = _gptq(w[None], (xin.t() @ xin)[None], scale[None, :, None])[0]
+                        wq = _gptq(w[None], (xin.t() @ xin)[None], scale[None, :, None],
+                                   qmax=cfg.weight_qmax)[0]
                 ins_q[1] = wq
                 res.weights[n.name] = wq.numpy()
                 res.weight_amax[n.name] = (scale * QMAX).numpy()

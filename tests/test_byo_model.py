@@ -235,9 +235,9 @@ def test_shipped_foreign_ghostnets_go_through_the_pipeline(weights: Path, tmp_pa
     pre = json.loads(meta["preprocess"])
     assert pre["interpolation"] == side["interpolation"] and pre["mean"] == side["mean"]
     assert round(pre["input_size"] / pre["crop_pct"]) == side["resize"]
-    if "classes" not in side:
-        assert "ImageFolder convention" in r.stderr
     if IMAGENETTE.is_dir():
+        if "classes" not in side:   # labels come from a labelled set only (a fresh clone evaluates on calib/)
+            assert "ImageFolder convention" in r.stderr
         # the right preprocessing and class mapping: near the model's own validation top-1, far above chance
         assert d["baseline"]["top1"] > 100 * side["trained"]["val_top1"] - 8, (d["baseline"]["top1"], side)
         for e in d["engines"]:

@@ -63,10 +63,12 @@ def test_build_on_a_cpu_chooses_by_measurement_and_records_every_candidate(engin
     assert names == [v.name for v in int8_variants(host_cpu(), True, bf16)]   # this CPU kind's candidates
     assert sel["batches"] == [1, 4] and sel["held_out_images"] > 0 and sel["cpu"]["name"]
     chosen = next(c for c in sel["candidates"] if c["name"] == sel["chosen"])
-    assert chosen["faithful"] and chosen["backend"] == r.backend
+    # faithful, or (a CPU where every candidate falls short) the most faithful, with the shortfall recorded
+    assert (chosen["faithful"] or sel["shortfall"]["engine"] == chosen["name"]) and chosen["backend"] == r.backend
     faithful = [c for c in sel["candidates"] if c["faithful"] and not c["error"]]
     geo = lambda c: np.exp(np.mean(np.log(list(c["throughput"].values()))))  # noqa: E731
-    assert geo(chosen) == max(geo(c) for c in faithful)       # the fastest faithful one won
+    if faithful:
+        assert geo(chosen) == max(geo(c) for c in faithful)       # the fastest faithful one won
     assert all(set(c["throughput"]) == {"1", "4"} for c in faithful)
     assert any("candidate" in s for s in said) and any("chose" in s for s in said)
     assert not [p for p in engines_copy.iterdir() if p.name.startswith(".select")]   # no leftovers

@@ -264,3 +264,12 @@ def test_the_cli_says_which_cpu_and_which_images(engines_copy: Path):
     r = ge("build", "--int8", "--engines", str(engines_copy), "--batch", "1:1:2", "--threads", "1")
     assert r.returncode == 0, r.stderr
     assert "CPU:" in r.stderr and "synthetic" in r.stderr and "chose" in r.stderr
+
+
+def test_the_probe_sees_what_the_kernels_do():
+    """One QLinearConv whose exact sum overflows an int16 pair: the u8u8 kernels are exact on every CPU; the
+    u8s8 ones are exact, or short of it where they add pairs in int16 (CPUs without VNNI)."""
+    from ghostedge.backends.onnxruntime import u8s8_probe
+
+    assert u8s8_probe(uint8_weights=True) == 200
+    assert 0 < u8s8_probe() <= 200          # saturation can only lose magnitude (every pair clipped: ~101)

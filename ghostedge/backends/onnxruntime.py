@@ -141,6 +141,34 @@ def qoperator_weight_code_max(model: onnx.ModelProto) -> int | None:
     return worst
 
 
+def u8s8_probe(uint8_weights: bool = False) -> int:
+    """One 4x4 1x1 QLinearConv on this CPU's ONNX Runtime kernels whose exact int32 sum overflows any int16
+    pair sum: 64 input channels of 255 times weights of 127 (2 * 255 * 127 = 64770 > 32767). Returns the
+    output code: 200 when the kernels accumulate exactly, about 101 when they add product pairs in a
+    saturating int16 (vpmaddubsw on x86 without VNNI); ``uint8_weights`` runs the u8u8 kernels instead."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    k, exact, target = 64, 64 * 255 * 127, 200
+    w = np.full((1, k, 1, 1), 127, np.int16)
+    wt, zp = (np.uint8, 128) if uint8_weights else (np.int8, 0)
+    inits = [numpy_helper.from_array(np.array(1.0, np.float32), "one"),
+             numpy_helper.from_array(np.array(0, np.uint8), "x_zp"),
+             numpy_helper.from_array((w + zp).astype(wt), "w"),
+             numpy_helper.from_array(np.array([zp], wt), "w_zp"),
+             numpy_helper.from_array(np.array(exact / target, np.float32), "y_scale"),
+             numpy_helper.from_array(np.array(0, np.uint8), "y_zp")]
+    node = helper.make_node("QLinearConv", ["x", "one", "x_zp", "w", "one", "w_zp", "y_scale", "y_zp"], ["y"])
+    g = helper.make_graph([node], "probe", [helper.make_tensor_value_info("x", TensorProto.UINT8, [1, k, 4, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.UINT8, [1, 1, 4, 4])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    y = sess.run(None, {"x": np.full((1, k, 4, 4), 255, np.uint8)})[0]
+    return int(y.min())
+
+
 def optimize_to(model: onnx.ModelProto, dst: str | Path) -> Path:
     """Write the ONNX Runtime-optimized model (portable EXTENDED level) to dst, atomically."""
     import onnxruntime as ort
