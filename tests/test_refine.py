@@ -12,6 +12,7 @@ import torch
 
 from ghostedge.calibrate import Method, collect_stats
 from ghostedge.drift import DriftResult, clopper_pearson, compare, judge, paired_drop_interval
+from ghostedge.estimate import qdq_logits
 from ghostedge.export import INPUT_NAME, to_onnx_proto
 from ghostedge.model import ModelInfo, Preprocess
 from ghostedge.qdq import insert_qdq, plan_placement, quantizable_nodes, strip_qdq
@@ -168,8 +169,8 @@ def test_sensitivity_ranks_a_damaged_layer_first_and_keeping_it_float_helps():
     rows = sensitivity(proto, SE(proto), r, x, ref, threads=0)
     assert rows[0]["node"] == victim and rows[0]["kl_gain"] > 0
     assert {r["node"] for r in rows} == set(quantizable_nodes(proto)) - SE(proto)   # no Concat, no SE conv
-    d_all = compare(ref, ort_logits(qdq_model(proto, SE(proto), r), x))
-    d_kept = compare(ref, ort_logits(qdq_model(proto, SE(proto) | {victim}, r), x))
+    d_all = compare(ref, qdq_logits(qdq_model(proto, SE(proto), r), x))          # the estimate's arithmetic
+    d_kept = compare(ref, qdq_logits(qdq_model(proto, SE(proto) | {victim}, r), x))
     assert d_kept.kl == pytest.approx(d_all.kl - rows[0]["kl_gain"])
 
 
