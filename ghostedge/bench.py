@@ -126,15 +126,17 @@ def gpu_can_load(man: dict, gpu: dict, here_jetson: bool) -> bool:
     return version_tuple(here_cc or "0")[:2] >= (8, 0) and version_tuple(built_cc or "0")[:2] >= (8, 0)
 
 
-def check_plan_manifest(man: dict, trt_version: str | None, gpu: dict | None, here_jetson: bool = False) -> None:
-    """Explain why a .plan cannot run here, before TensorRT fails to deserialize it."""
+def check_plan_manifest(man: dict, trt_version: str | None, gpu: dict | None, here_jetson: bool = False,
+                        why: str = "") -> None:
+    """Explain why a .plan cannot run here, before TensorRT fails to deserialize it. ``why``: why no GPU was
+    found (``cuda_probe``), so a broken driver or binding is named, not called "no GPU"."""
     built = f"TensorRT {man.get('tensorrt')} on {(man.get('gpu') or {}).get('gpu', '?')}"
     cc = (man.get("gpu") or {}).get("compute_capability")
     if cc:
         built += f" (sm_{cc.replace('.', '')})"
     if trt_version is None or gpu is None:
-        what = "TensorRT" if trt_version is None else "a CUDA GPU"
-        raise GhostedgeError(f"engine was built with {built}; this machine has no {what}: run bench on the "
+        what = "no TensorRT" if trt_version is None else (why or "no CUDA GPU")
+        raise GhostedgeError(f"engine was built with {built}; on this machine: {what}: run bench on the "
                              "board it was built for, or bench the ONNX Runtime engines here")
     here = f"TensorRT {trt_version} on {gpu.get('gpu')} (sm_{str(gpu.get('compute_capability', '')).replace('.', '')})"
     same_trt = runtime_can_load(str(man.get("tensorrt")), trt_version, bool(man.get("version_compatible")))
@@ -167,7 +169,7 @@ def open_runner(path: Path, threads: int = 0, cuda_graph: bool = False) -> tuple
         runner.precision = (man or {}).get("precision") or _guess_precision(path)
         return runner, man
     man = read_manifest(path, required=True)
-    from .backends.tensorrt import TensorRTRunner, gpu_info
+    from .backends.tensorrt import TensorRTRunner, cuda_probe
 
     try:
         import tensorrt
@@ -177,7 +179,8 @@ def open_runner(path: Path, threads: int = 0, cuda_graph: bool = False) -> tuple
         trt_version = None
     from .targets import detect
 
-    check_plan_manifest(man, trt_version, gpu_info() if trt_version else None, detect() is not None)
+    gpu, why = cuda_probe() if trt_version else (None, "")
+    check_plan_manifest(man, trt_version, gpu, detect() is not None, why)
     runner = TensorRTRunner(path, cuda_graph=cuda_graph, dla_core=man.get("dla_core"),
                             version_compatible=bool(man.get("version_compatible")))
     runner.precision = man.get("precision", "?")
@@ -370,6 +373,8 @@ def bench(cfg: BenchConfig, say: Callable[[str], None] = lambda s: None) -> dict
                 rep.timings[b] = time_runner(runner, inputs[b], cfg.warmup, cfg.iters, cfg.seconds)
             if ev is not None:
                 rep.drift = {"_logits": _logits(runner, ev[0], max(cfg.batches))}
+        for w in getattr(runner, "warnings", ()):
+            say(f"warning: {p.name}: {w}")
         reports.append(rep)
 
     base = None

@@ -23,7 +23,7 @@ from .errors import GhostedgeError, write_bytes_atomic
 from .export import INPUT_NAME, fp16_onnx, read_onnx_info
 from .manifest import cpu_name, file_sha256, version_tuple, write_manifest
 from .model import ModelSpec, check_against
-from .quantize import CACHE_NAME, FP32_NAME, INT8_NAME, RECORD_NAME, calib_cache_text, load_record, \
+from .quantize import CACHE_NAME, FP32_NAME, IMPLICIT_NAME, INT8_NAME, RECORD_NAME, calib_cache_text, load_record, \
     parse_calib_cache, trt_version_int
 from .targets import Platform, check_dla, resolve
 
@@ -111,10 +111,12 @@ def tensorrt_available() -> tuple[bool, str]:
 def choose_backend(cfg: BuildConfig, say: Callable[[str], None]) -> Backend:
     if cfg.backend != Backend.auto:
         return cfg.backend
+    from .backends.tensorrt import cuda_absent
+
     ok, why = tensorrt_available()
     if ok:
         return Backend.tensorrt
-    if why not in ("TensorRT is not installed", "no CUDA device was found"):
+    if why != "TensorRT is not installed" and not cuda_absent(why):
         # TensorRT is here and CUDA is broken (e.g. a cuda-python newer than the driver): falling back to the
         # CPU would hide that and fail later with a CPU message
         raise GhostedgeError(f"TensorRT is installed but CUDA is not usable: {why} (or pass --backend onnxruntime "
@@ -195,6 +197,44 @@ def _check_hardware_compat(cfg: BuildConfig, plat: Platform, gpu: dict | None) -
                              f"{cc.replace('.', '')}: leave it out")
 
 
+def _uses_cache(cfg: BuildConfig, calib_cache: Path | None, ver: tuple[int, ...]) -> bool:
+    """Whether this INT8 build comes from the legacy calibration cache: asked for (--calib-cache, before 11),
+    or DLA INT8 on a TensorRT whose DLA takes INT8 from implicit calibration only (``dla_explicit_int8``)."""
+    from .backends.tensorrt import dla_explicit_int8
+
+    if cfg.precision != Precision.int8 or ver[0] >= 11:
+        return False
+    return calib_cache is not None or (cfg.dla_core is not None and not dla_explicit_int8(ver))
+
+
+def check_dla_version(ver: tuple[int, ...], plat: Platform) -> None:
+    """--dla-core on this TensorRT and board (TensorRT 11.4.1 "Working with DLA": 10.7 was the last 10.x release
+    with DLA, 11.0-11.3 have none, 11.4.0 has DLA only on Windows on ARM, 11.4.1 brings it back on Jetson AGX Orin
+    with JetPack >= 7.2.2 only: not Thor, not Orin NX / Nano)."""
+    from .backends.tensorrt import dla_supported
+
+    here = ".".join(map(str, ver))
+    if not dla_supported(ver):
+        raise GhostedgeError(f"--dla-core: TensorRT {here} cannot build for DLA here (10.7 was the last 10.x release "
+                             "with DLA; 11.0-11.3 have none; 11.4.0 only on Windows on ARM; 11.4.1+ on Jetson AGX "
+                             "Orin with JetPack 7.2.2+): build for the GPU, or use JetPack 6 (TensorRT 10.3) / "
+                             "JetPack 5 (8.5) for DLA engines")
+    if ver[0] >= 11 and plat.target.name not in DLA_TARGETS_11:
+        raise GhostedgeError(f"--dla-core: TensorRT {here} supports DLA on Jetson AGX Orin only (TensorRT 11.4.1 "
+                             f"'Working with DLA'), not on {plat.target.description}: build for the GPU, or use "
+                             "JetPack 6 (TensorRT 10.3) for DLA engines there")
+
+
+#: boards whose DLA TensorRT 11 supports (11.4.1 "Working with DLA": Jetson AGX Orin, JetPack >= 7.2.2)
+DLA_TARGETS_11 = ("agx-orin",)
+
+
+def restamped_cache_path(engine: Path, trt_version: str) -> Path:
+    """Where build keeps the calibration cache restamped for ``trt_version``: beside the engine, named after it
+    and the version (``ghostnet.trt100300.calib.cache``), never quantize's ``ghostnet.calib.cache``."""
+    return engine.with_name(f"{engine.stem}.trt{trt_version_int(trt_version)}.calib.cache")
+
+
 def _cache_stamp_warning(cache: Path, plat: Platform, say: Callable[[str], None]) -> None:
     """trtexec skips a calibration cache stamped for another TensorRT and then calibrates on random data."""
     if not plat.expected_trt or not cache.is_file():
@@ -209,8 +249,8 @@ def _cache_stamp_warning(cache: Path, plat: Platform, say: Callable[[str], None]
 
 def build_tensorrt(cfg: BuildConfig, say: Callable[[str], None], trt=None, gpu: dict | None = None) -> BuildResult:
     """``trt`` / ``gpu``: the TensorRT module and device description (default: import / query them)."""
-    from .backends.tensorrt import TrtBuildSettings, build_serialized, cuda_probe, dla_explicit_int8, \
-        dla_supported, import_tensorrt, use_strong_typing
+    from .backends.tensorrt import TrtBuildSettings, build_serialized, cuda_probe, import_tensorrt, \
+        use_strong_typing
     from .backends.tensorrt import version_tuple as trt_version
 
     t0 = time.time()
@@ -234,29 +274,30 @@ def build_tensorrt(cfg: BuildConfig, say: Callable[[str], None], trt=None, gpu: 
     try:
         trt = trt or import_tensorrt()
     except GhostedgeError:
-        uses_cache = calib_cache is not None or (dla and cfg.precision == Precision.int8)
-        src_name = FP32_NAME if uses_cache or cfg.precision != Precision.int8 else INT8_NAME
+        exp = version_tuple(plat.expected_trt) if plat.expected_trt else (10, 3, 0)
+        uses_cache = _uses_cache(cfg, calib_cache, exp)
+        src_name = IMPLICIT_NAME if uses_cache else INT8_NAME if cfg.precision == Precision.int8 else FP32_NAME
         if uses_cache:
             _cache_stamp_warning(calib_cache or cfg.engines / CACHE_NAME, plat, say)
-        exp = version_tuple(plat.expected_trt) if plat.expected_trt else (10, 3, 0)
         cmd = trtexec_command(src_name, replace(cfg, batch=batch), plat, out.name, img, exp,
-                              cache_name=CACHE_NAME if uses_cache else None)
+                              cache_name=(calib_cache.name if calib_cache else CACHE_NAME) if uses_cache else None)
         raise GhostedgeError(f"TensorRT is not installed here: build on the target board instead: copy "
                              f"{cfg.engines}/*.onnx and {cfg.engines}/ghostnet.calib.* there and run "
                              f"`ghostedge build` (or: {cmd}; TensorRT 10.12+ and 11 build strongly typed from the "
                              "FP16-typed ONNX that ghostedge build writes, without --fp16/--int8/--calib); or use "
                              "--backend onnxruntime here") from None
     ver = trt_version(trt)
-    if dla and not dla_supported(ver):
-        raise GhostedgeError(f"--dla-core: TensorRT {trt.__version__} cannot build for DLA (10.7 was the last 10.x "
-                             "release with DLA; 11.0-11.3 have none): build for the GPU, or use JetPack 6 / 5")
-    if dla and cfg.precision == Precision.int8 and calib_cache is None and not dla_explicit_int8(ver):
-        # TensorRT 8.x runs INT8 on DLA only from implicit calibration: the cache made from the same ranges
-        calib_cache = _need(cfg.engines / CACHE_NAME, "the calibration cache (DLA INT8 on TensorRT 8.x)")
-        say(f"DLA INT8 on TensorRT {trt.__version__}: explicit Q/DQ is not supported there, building implicit INT8 "
-            f"from the FP32 ONNX and {CACHE_NAME} (the same calibration)")
-    src = _need(cfg.engines / (INT8_NAME if cfg.precision == Precision.int8 and calib_cache is None
-                               else FP32_NAME), "the ONNX to build from")
+    if dla:
+        check_dla_version(ver, plat)
+    if _uses_cache(cfg, calib_cache, ver) and calib_cache is None:
+        # DLA INT8 before TensorRT 11 comes from implicit calibration only: the cache made from the same ranges
+        calib_cache = _need(cfg.engines / CACHE_NAME, f"the calibration cache (DLA INT8 on TensorRT {trt.__version__})")
+        say(f"DLA INT8 on TensorRT {trt.__version__}: DLA takes INT8 from a calibration cache only (implicit "
+            f"quantization), building from {IMPLICIT_NAME} and {CACHE_NAME} (the same calibration)")
+    # implicit INT8 is built from the float graph carrying the Q/DQ graph's weights (quantize writes it), so the
+    # engine is the model quantize measured, not the unrefined FP32 export
+    src = _need(cfg.engines / (IMPLICIT_NAME if calib_cache is not None else
+                               INT8_NAME if cfg.precision == Precision.int8 else FP32_NAME), "the ONNX to build from")
     record = _record_for(cfg.engines, src) if cfg.precision == Precision.int8 else None
     if gpu is None:
         gpu, why = cuda_probe()
@@ -274,8 +315,14 @@ def build_tensorrt(cfg: BuildConfig, say: Callable[[str], None], trt=None, gpu: 
             say(f"{calib_cache.name} is stamped {header.split('-EntropyCalibration')[0]}; restamped for TensorRT {here} "
                 "(scales unchanged)")
         # restamp the header for the TensorRT that reads it, scales unchanged; kept beside the engine for trtexec
+        # under a name of its own (engine + TensorRT version): quantize's cache is an input and is never written
+        # over, or the JetPack 5 trtexec recipe would find it stamped for this TensorRT and skip it
+        # (NVIDIA/TensorRT#1378: a cache of another version is ignored)
         cache_bytes = calib_cache_text({k: v * 127.0 for k, v in scales.items()}, here).encode()
-        cache_out = out.with_name(out.stem + ".calib.cache")
+        cache_out = restamped_cache_path(out, here)
+        if cache_out.resolve() == calib_cache.resolve():
+            cache_out = None if calib_cache.read_bytes() == cache_bytes else cache_out.with_name(
+                cache_out.stem + ".restamped.cache")
     strong = use_strong_typing(trt, cfg.precision.value, cache_bytes is not None, dla)
     model = onnx.load(str(src))
     built_from = src
@@ -298,8 +345,9 @@ def build_tensorrt(cfg: BuildConfig, say: Callable[[str], None], trt=None, gpu: 
         write_bytes_atomic(cache_out, cache_bytes)
     write_bytes_atomic(out, data)
     man = _common_manifest(cfg, src, record, info_src)
+    cache_name = (cache_out or calib_cache).name if cache_bytes is not None else None
     trtexec = trtexec_command(built_from.name, replace(cfg, batch=batch), plat, out.name, img, ver, strong,
-                              cache_out.name if cache_out else None)
+                              cache_name)
     man.update({
         "batch": list(batch),
         "backend": "tensorrt", "tensorrt": str(trt.__version__), "strongly_typed": rep.strongly_typed,
@@ -308,7 +356,7 @@ def build_tensorrt(cfg: BuildConfig, say: Callable[[str], None], trt=None, gpu: 
         "num_dla_cores": rep.num_dla_cores, "gpu_fallback": cfg.gpu_fallback,
         "dla_fallback_layers": rep.dla_fallback_layers,
         "opt_level": cfg.opt_level, "hardware_compat": cfg.hardware_compat,
-        "version_compatible": cfg.version_compatible, "calib_cache": cache_out.name if cache_out else None,
+        "version_compatible": cfg.version_compatible, "calib_cache": cache_name,
         "built_from_onnx": {"path": built_from.name, "sha256": file_sha256(built_from)},
         "timing_cache": rep.timing_cache, "trtexec": trtexec, "build_seconds": rep.seconds,
     })
@@ -319,8 +367,9 @@ def build_tensorrt(cfg: BuildConfig, say: Callable[[str], None], trt=None, gpu: 
 
 def build(cfg: BuildConfig, say: Callable[[str], None] = lambda s: None) -> BuildResult:
     if cfg.frontend == "torch-tensorrt":
-        from .backends.torch_tensorrt import build_torch_tensorrt
+        from .backends.torch_tensorrt import build_torch_tensorrt, check_torch_tensorrt_options
 
+        check_torch_tensorrt_options(cfg)   # before torch is imported, and before --dla-core picks a batch
         return build_torch_tensorrt(replace(cfg, batch=resolve_batch(cfg)), say)
     if cfg.spec is not None and cfg.spec.given():  # the ONNX carries the description quantize was told
         src = _need(cfg.engines / FP32_NAME, "the FP32 ONNX")

@@ -3,9 +3,21 @@
 - weights: symmetric int8, per output channel (axis 0), Q->DQ on the FP32 initializer
 - activations: symmetric int8 (zero point 0), per tensor, one Q/DQ pair per tensor shared by all
   quantized consumers, placed at the inputs of Conv / Gemm (so the conv runs in INT8)
-- residual Add: both inputs quantized, so TensorRT fuses the add into the producing conv
+- residual Add: the input coming straight from a conv (BN folded; optionally through BN / ReLU) stays
+  unquantized so TensorRT fuses the add into that conv, the other (residual) input is quantized; an Add
+  with no conv-fed input (GhostNet's ordinary blocks: Ghost-module Concat + identity) gets both inputs
+  quantized and runs as an INT8 elementwise layer. Sources: TensorRT developer guide, Q/DQ layer-placement
+  recommendations (an extra Q/DQ on the conv's side "forces the separation of the convolution operator from
+  the element-wise addition"); NVIDIA Model-Optimizer ``modelopt/onnx/quantization/graph_utils.py``
+  ``build_non_residual_input_map`` + ``remove_partial_input_qdq`` (the input on the fusible conv backbone, found
+  by ``get_fusible_backbone``, loses its Q/DQ); trex's ResNet QAT example, where the downsample 1x1 conv is
+  fused "Conv_95 + Add_97 + Relu_98" with the other branch as its second input. In GhostNet that is the
+  downsampling blocks, whose shortcut ends in a 1x1 conv.
 - Concat (the Ghost module's): all inputs and the output share one scale, so the concat runs in INT8
-  with no requantization; only when every consumer of the concat output is itself quantized
+  with no requantization; only when every consumer of the concat output is itself quantized (ModelOpt's
+  ``get_concat_eliminated_tensors`` does the same, so TensorRT can eliminate the concat). NVIDIA/TensorRT#4366
+  measured explicit Q/DQ around Concat ~30% slower than implicit INT8 on one network: ``tests/test_gpu.py``
+  checks on a GPU that the convs still run INT8 and the residual adds fuse.
 - nothing else gets Q/DQ (no dangling pairs TensorRT would have to run as standalone scale layers)
 """
 
@@ -42,6 +54,31 @@ def _is_residual_add(node: onnx.NodeProto, inits: set[str], consts: set[str]) ->
     return node.op_type == "Add" and all(t not in inits and t not in consts for t in node.input)
 
 
+#: ops a conv's output may pass through and still fuse into it (ModelOpt's fusible paths: BN, ReLU)
+_FUSIBLE = ("BatchNormalization", "Relu")
+
+
+def conv_fed(tensor: str, producers: dict[str, onnx.NodeProto], cons: dict, depth: int = 2) -> bool:
+    """Whether ``tensor`` comes straight from a Conv (optionally through BN / ReLU, each with no other consumer):
+    the conv a following Add can fuse into."""
+    n = producers.get(tensor)
+    if n is None:
+        return False
+    if n.op_type == "Conv":
+        return len(cons.get(tensor, [])) == 1
+    if n.op_type in _FUSIBLE and depth > 0 and len(cons.get(tensor, [])) == 1:
+        return conv_fed(n.input[0], producers, cons, depth - 1)
+    return False
+
+
+def residual_inputs(node: onnx.NodeProto, producers: dict[str, onnx.NodeProto], cons: dict) -> list[int]:
+    """The inputs of a residual Add that get Q/DQ: all but one conv-fed input (the add fuses into that conv).
+    When both are conv-fed, the first keeps its Q/DQ and the second is fused (ModelOpt picks by the longer path
+    to the common ancestor; GhostNet has no such Add)."""
+    fed = [i for i, t in enumerate(node.input) if conv_fed(t, producers, cons)]
+    return [i for i in range(len(node.input)) if not fed or i != fed[-1]]
+
+
 def quantizable_nodes(model: onnx.ModelProto) -> list[str]:
     """The nodes whose precision the placement decides: Conv, Gemm, residual Add."""
     inits = {i.name for i in model.graph.initializer}
@@ -59,6 +96,7 @@ def plan_placement(model: onnx.ModelProto, exclude: set[str] = frozenset(), conc
     inits = {i.name for i in model.graph.initializer}
     consts = {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
     cons = _consumers(model)
+    producers = {o: n for n in model.graph.node for o in n.output}
     pl = Placement()
     acts: dict[str, list[tuple[str, int]]] = defaultdict(list)
     quantized = set()
@@ -70,8 +108,8 @@ def plan_placement(model: onnx.ModelProto, exclude: set[str] = frozenset(), conc
             acts[n.input[0]].append((n.name, 0))
             quantized.add(n.name)
         elif residual_adds and _is_residual_add(n, inits, consts):
-            for i, t in enumerate(n.input):
-                acts[t].append((n.name, i))
+            for i in residual_inputs(n, producers, cons):
+                acts[n.input[i]].append((n.name, i))
             quantized.add(n.name)
     # Concat: quantize inputs with the output's scale when every consumer of the output is quantized
     for n in model.graph.node:
@@ -203,18 +241,26 @@ def _toposort(g: onnx.GraphProto) -> None:
     g.node.extend(ordered)
 
 
-def strip_qdq(model: onnx.ModelProto) -> onnx.ModelProto:
+def strip_qdq(model: onnx.ModelProto, snap_weights: bool = False) -> onnx.ModelProto:
     """The float graph behind a Q/DQ graph: every QuantizeLinear -> DequantizeLinear pair removed and its
     users fed the pair's input again. Node and tensor names stay; weights and biases are the ones the Q/DQ
-    graph carries (refined by quantize), so a CPU backend quantizing it again starts from them."""
+    graph carries (refined by quantize), so a CPU backend quantizing it again starts from them.
+
+    ``snap_weights``: a quantized weight is replaced by its dequantized value (its point on the Q/DQ graph's
+    per-channel int8 grid), so a backend quantizing it again with per-channel max |w| scales (TensorRT's
+    implicit INT8) lands on the same int8 weights wherever a channel reaches +-127."""
     m = onnx.ModelProto()
     m.CopyFrom(model)
     g = m.graph
     prod = {o: n for n in g.node for o in n.output}
+    inits = {i.name: i for i in g.initializer}
     src: dict[str, str] = {}
     for n in g.node:
         if n.op_type == "DequantizeLinear" and n.input[0] in prod and prod[n.input[0]].op_type == "QuantizeLinear":
-            src[n.output[0]] = prod[n.input[0]].input[0]
+            q = prod[n.input[0]]
+            src[n.output[0]] = q.input[0]
+            if snap_weights and q.input[0] in inits:
+                _snap(inits[q.input[0]], inits[q.input[1]], q)
     paired_q = {prod[n.input[0]].name for n in g.node if n.op_type == "DequantizeLinear" and n.output[0] in src}
     keep = [n for n in g.node if not (n.op_type == "DequantizeLinear" and n.output[0] in src)
             and n.name not in paired_q]
@@ -287,3 +333,34 @@ def qdq_weight_code_max(model: onnx.ModelProto) -> int:
         codes = np.clip(np.rint(w / s), -128, 127)
         worst = max(worst, int(np.abs(codes).max()))
     return worst
+
+
+def _snap(w_init: onnx.TensorProto, s_init: onnx.TensorProto, q: onnx.NodeProto) -> None:
+    """Replace a weight initializer by DQ(Q(w)) (symmetric int8, the Q node's axis)."""
+    w = numpy_helper.to_array(w_init).astype(np.float32)
+    scale = numpy_helper.to_array(s_init).astype(np.float32)
+    axis = next((a.i for a in q.attribute if a.name == "axis"), 1)
+    if scale.ndim:
+        shape = [1] * w.ndim
+        shape[axis] = -1
+        scale = scale.reshape(shape)
+    w_init.CopyFrom(numpy_helper.from_array(np.clip(np.round(w / scale), -QMAX, QMAX) * scale, w_init.name))
+
+
+def implicit_cache_tensors(model: onnx.ModelProto, placement: Placement) -> list[str]:
+    """The tensors a legacy calibration cache carries so that TensorRT's implicit INT8 quantizes what the Q/DQ
+    graph quantizes and nothing else: the Q/DQ graph's int8 activations, plus the outputs of its INT8 Conv/Gemm
+    that only a ReLU or a quantized residual Add consumes (the tensor disappears into the fused layer, which
+    needs a range for its INT8 kernel). Tensors of float layers (the squeeze-excite branch, --max-drop
+    exclusions) get none, so implicit INT8 leaves those layers in FP16 as the Q/DQ graph does."""
+    cons = _consumers(model)
+    keep = list(placement.act_consumers)
+    quantized_adds = {name for users in placement.act_consumers.values() for name, _ in users}
+    by_name = {n.name: n for n in model.graph.node}
+    for name in placement.weight_nodes:
+        out = by_name[name].output[0]
+        users = cons.get(out, [])
+        if users and all(u.op_type == "Relu" or (u.op_type == "Add" and u.name in quantized_adds)
+                         for u, _ in users) and out not in keep:
+            keep.append(out)
+    return keep

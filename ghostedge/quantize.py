@@ -26,11 +26,14 @@ from .errors import GhostedgeError, write_bytes_atomic, write_text_atomic
 from .export import INPUT_NAME, export_onnx, onnx_is_current, ort_session
 from .model import GhostNet, ModelInfo, ModelSpec, load_model
 from .resources import check_batch, check_images
-from .qdq import QMAX, insert_qdq, plan_placement, quantizable_nodes
+from .qdq import QMAX, implicit_cache_tensors, insert_qdq, plan_placement, quantizable_nodes, strip_qdq
 from .refine import RefineConfig, Refined, Unsupported, apply_weights, refine
 
 FP32_NAME = "ghostnet.onnx"
 INT8_NAME = "ghostnet.int8.onnx"
+#: the float graph an implicit-INT8 build (legacy calibration cache) is made from: the Q/DQ graph without its
+#: Q/DQ, quantized weights on their int8 grid, refined biases; float layers keep their float weights
+IMPLICIT_NAME = "ghostnet.implicit.onnx"
 RECORD_NAME = "ghostnet.calib.json"
 CACHE_NAME = "ghostnet.calib.cache"
 REPORT_NAME = "ghostnet.quant.json"
@@ -315,6 +318,10 @@ def quantize(cfg: QuantizeConfig, progress: Callable[[str, int, int], None] | No
         gate = {"max_drop": cfg.max_drop, "fails": verdict.fails, "above": verdict.above,
                 "message": verdict.message}
 
+    # the implicit-INT8 (calibration cache) path builds the same model: the Q/DQ graph's weights, and ranges for
+    # the tensors the Q/DQ graph quantizes only (not the squeeze-excite tensors, not the --max-drop exclusions)
+    implicit = strip_qdq(q, snap_weights=True)
+    cache_names = implicit_cache_tensors(fp32, plan_placement(fp32, set(excluded)))
     record = {
         "format": RECORD_FORMAT,
         "method": cfg.method.value,
@@ -334,6 +341,11 @@ def quantize(cfg: QuantizeConfig, progress: Callable[[str, int, int], None] | No
         "tools": tool_versions(),
         "excluded_nodes": excluded,
         "cache_trt_version": cfg.trt_version,
+        "implicit_int8": {"onnx": IMPLICIT_NAME, "cache_tensors": len(cache_names),
+                          "note": "TensorRT < 11 implicit INT8 from the cache: same weights and quantized tensors "
+                                  "as the Q/DQ graph; TensorRT still picks each layer's kernel precision by speed "
+                                  "(a layer may run FP16 where the Q/DQ engine runs INT8): measure that engine with "
+                                  "ghostedge bench --eval"},
         "quantization": {"weights": "int8 symmetric per-channel axis 0",
                          "activations": "int8 symmetric per-tensor (TensorRT); min/max kept for asymmetric backends"},
         "refinement": refined.summary(),
@@ -353,11 +365,13 @@ def quantize(cfg: QuantizeConfig, progress: Callable[[str, int, int], None] | No
         "int8_onnx": cfg.out / INT8_NAME,
         "record": cfg.out / RECORD_NAME,
         "cache": cfg.out / CACHE_NAME,
+        "implicit_onnx": cfg.out / IMPLICIT_NAME,
         "report": cfg.out / REPORT_NAME,
     }
     write_bytes_atomic(files["int8_onnx"], q.SerializeToString())
     write_text_atomic(files["record"], json.dumps(record, indent=1))
-    write_text_atomic(files["cache"], calib_cache_text(amax, cfg.trt_version))
+    write_bytes_atomic(files["implicit_onnx"], implicit.SerializeToString())
+    write_text_atomic(files["cache"], calib_cache_text({n: amax[n] for n in cache_names}, cfg.trt_version))
     result.seconds = round(time.time() - t0, 1)
     result.files = {k: str(v) for k, v in files.items()}
     write_text_atomic(files["report"], json.dumps(result.to_dict(), indent=1))

@@ -42,18 +42,31 @@ _MODEL_PATTERNS = (
     ("jetson-agx", "agx-xavier"), ("xavier", "agx-xavier"),
 )
 
-# L4T release -> (JetPack, TensorRT it ships). Keys are (major, minor, patch) where the patch decides,
-# else (major, minor); from NVIDIA's JetPack archive as jtop (jetson_variables.py) and jetson-containers
-# (l4t_version.py) read it. JetPack 7.2 (L4T R39) ships TensorRT 10.16; 11.4 arrives with 7.2.2.
+# L4T release -> (JetPack, TensorRT it ships). Keys are (major, minor, patch) where the patch decides, else
+# (major, minor). Sources, per row: JetPack from jtop's NVIDIA_JETPACK table (rbonghi/jetson_stats
+# jtop/core/jetson_variables.py at f41d5ca) and jetson-containers' (dusty-nv/jetson-containers
+# jetson_containers/l4t_version.py at dd206bf); TensorRT from NVIDIA's JetPack release notes as jetson-containers
+# pins it (packages/cuda/cudastack/config.py: L4T >= 39 -> 10.16.1, JetPack 7.0/7.1 -> 10.13, 6.1/6.2 -> 10.3).
+# Where the two tables differ the row says so. No source maps an L4T release to JetPack 7.2.2 (the first
+# JetPack TensorRT 11.4.1 supports), so no row claims TensorRT 11 on a board: `build` reads the TensorRT it runs.
 L4T_TO_JETPACK = {
-    (35, 1): ("5.0.2", "8.4.1"), (35, 2): ("5.1", "8.5.2"), (35, 3): ("5.1.1", "8.5.2"),
-    (35, 4): ("5.1.2", "8.5.2"), (35, 5): ("5.1.3", "8.5.2"), (35, 6): ("5.1.4", "8.5.2"),
-    (35, 6, 1): ("5.1.5", "8.5.2"), (35, 6, 2): ("5.1.5", "8.5.2"),
-    (36, 2): ("6.0 DP", "8.6.2"), (36, 3): ("6.0", "8.6.2"), (36, 4): ("6.1", "10.3.0"),
-    (36, 4, 2): ("6.1.1", "10.3.0"), (36, 4, 3): ("6.2", "10.3.0"), (36, 4, 4): ("6.2.1", "10.3.0"),
-    (36, 4, 7): ("6.2.1", "10.3.0"), (36, 5): ("6.2.2", "10.3.0"),
-    (38, 2): ("7.0", "10.13"), (38, 4): ("7.1", "10.13"),
-    (39, 0): ("7.2", "10.16"), (39, 1): ("7.2", "10.16"), (39, 2): ("7.2.2", "11.4"),
+    (35, 1): ("5.0.2", "8.4.1"),                                          # jtop, jetson-containers
+    (35, 2): ("5.1", "8.5.2"), (35, 3): ("5.1.1", "8.5.2"),                # jtop, jetson-containers
+    (35, 4): ("5.1.2", "8.5.2"), (35, 5): ("5.1.3", "8.5.2"),              # jtop, jetson-containers
+    (35, 6): ("5.1.4", "8.5.2"), (35, 6, 0): ("5.1.4", "8.5.2"),           # jtop, jetson-containers
+    (35, 6, 1): ("5.1.5", "8.5.2"), (35, 6, 2): ("5.1.5", "8.5.2"),        # jtop, jetson-containers
+    (35, 6, 3): ("5.1.5", "8.5.2"),                                       # jtop (not in jetson-containers)
+    (35, 6, 4): ("5.1.6", "8.5.2"),                                       # jtop, jetson-containers
+    (36, 2): ("6.0 DP", "8.6.2"), (36, 3): ("6.0", "8.6.2"),               # jtop, jetson-containers
+    (36, 4): ("6.1", "10.3.0"),                                           # jtop, jetson-containers
+    (36, 4, 2): ("6.1.1", "10.3.0"),                  # jetson-containers (jtop: "6.1 (rev1)")
+    (36, 4, 3): ("6.2", "10.3.0"),                                        # jtop, jetson-containers
+    (36, 4, 4): ("6.2.1", "10.3.0"), (36, 4, 7): ("6.2.1", "10.3.0"),      # jtop, jetson-containers
+    (36, 5): ("6.2.2", "10.3.0"),                     # jtop (jetson-containers: "6.2.1")
+    (38, 2): ("7.0", "10.13"), (38, 4): ("7.1", "10.13"),                  # jtop, jetson-containers
+    (39, 0): ("7.2 EA", "10.16.1"),                                       # jtop, jetson-containers
+    (39, 1): ("7.2", "10.16.1"),                      # jetson-containers ("7.2 GA"; not in jtop)
+    (39, 2): ("7.2", "10.16.1"),                      # jtop ("7.2 GA"; not in jetson-containers)
 }
 
 
@@ -136,7 +149,7 @@ def check_dla(plat: Platform, dla_core: int | None) -> None:
 def jetson_gpu_clock(root: Path = Path("/")) -> dict | None:
     """The Jetson GPU's devfreq clock, read as jtop reads it (``/sys/class/devfreq/*``: the GPU node is
     ``17000000.ga10b`` on Orin, ``17000000.gv11b`` on Xavier, ``*.gpu`` elsewhere): cur/min/max Hz and
-    whether it is pinned at its top frequency (what ``jetson_clocks`` does)."""
+    whether it is pinned (min == max, what ``jetson_clocks`` does under the current nvpmodel)."""
     base = root / "sys/class/devfreq"
     if not base.is_dir():
         return None
@@ -157,11 +170,9 @@ def jetson_gpu_clock(root: Path = Path("/")) -> dict | None:
                 return None
 
         cur, lo, hi = read("cur_freq"), read("min_freq"), read("max_freq")
-        try:
-            avail = [int(x) for x in (d / "available_frequencies").read_text().split()]
-        except (OSError, ValueError):
-            avail = []
-        top = max(avail) if avail else hi
+        # pinned as jtop judges it (jtop/core/jetson_clocks.py ``jetson_clocks_alive``: the GPU's devfreq min ==
+        # max): jetson_clocks raises min_freq to max_freq, and max_freq is what the nvpmodel power mode allows,
+        # below the top available frequency on capped modes (Orin Nano / NX 7-25 W)
         return {"node": d.name, "cur_hz": cur, "min_hz": lo, "max_hz": hi,
-                "jetson_clocks": bool(lo is not None and top is not None and lo == top)}
+                "jetson_clocks": bool(lo is not None and hi is not None and lo == hi)}
     return None

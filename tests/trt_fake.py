@@ -78,6 +78,12 @@ def _n_params(sig: str) -> int | None:
 
 
 def _surface(version: str) -> dict:
+    if version == "11.4.1":
+        # no 11.4.1 bindings dump is at hand: its Python surface is taken as 11.4.0's, under 11.4.1's version
+        # (the release that brings DLA back on Jetson AGX Orin, TensorRT 11.4.1 "Working with DLA")
+        spec = json.loads((API_DIR / "tensorrt-11.4.0.106.json").read_text())
+        spec["version"] = "11.4.1"
+        return spec
     if version == "8.5.2":
         spec = json.loads((API_DIR / "tensorrt-8.6.1.json").read_text())
         spec["version"] = "8.5.2.2"

@@ -16,6 +16,7 @@ Precision, per version:
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,15 +54,21 @@ def has_flag(trt: ModuleType, name: str) -> bool:
 
 
 def dla_supported(ver: tuple[int, ...]) -> bool:
-    """Which TensorRT releases can build for DLA at all (TensorRT 11.4 DLA page: 10.7 was the last 10.x
-    release with DLA, 11.0-11.3 have none; JetPack 7 on Orin ships 10.13+ and so has no DLA path)."""
-    return (8, 5) <= tuple(ver[:2]) <= (10, 7) or tuple(ver[:2]) >= (11, 4)
+    """Which TensorRT releases can build for DLA on Linux / JetPack (TensorRT 11.4.1 "Working with DLA": 10.7 was
+    the last 10.x release with DLA; 11.0-11.3 have none; 11.4.0 has DLA only on Windows on ARM, which ghostedge
+    does not target; 11.4.1 restores it on Jetson AGX Orin with JetPack >= 7.2.2, strongly typed). JetPack 7
+    on Orin ships 10.13+ and so has no DLA path; which board 11.4.1 allows is checked by ``build``."""
+    v = tuple(ver[:3]) + (0,) * (3 - len(ver[:3]))
+    return (8, 5) <= v[:2] <= (10, 7) or v >= (11, 4, 1)
 
 
 def dla_explicit_int8(ver: tuple[int, ...]) -> bool:
-    """DLA INT8 from explicit Q/DQ: not on TensorRT 8.x (NVIDIA's DLA docs), which needs implicit INT8
-    from a calibration cache instead (hence NVIDIA's qdq-translator)."""
-    return ver[0] >= 10
+    """DLA INT8 from explicit Q/DQ: only on TensorRT 11.4.1+, whose DLA builds are strongly typed (11.4.1
+    "Strongly Typed Networks for DLA"). Before that DLA takes INT8 from implicit calibration: TensorRT's own
+    docs call IInt8EntropyCalibrator2 "the required calibrator for DLA" (10.x API reference), NVIDIA/TensorRT#2222
+    says so for 8.x and NVIDIA/Model-Optimizer PR #1661 "DLA still only supports IQ"; no source confirms Q/DQ
+    INT8 on DLA for 10.0-10.7, so those use the calibration cache too."""
+    return tuple(ver[:3]) >= (11, 4, 1)
 
 
 #: builder features TensorRT 8.6 added (absent on JetPack 5.1's 8.5.2): option -> what to check
@@ -215,8 +222,8 @@ def build_serialized(trt: ModuleType, onnx_bytes: bytes, s: TrtBuildSettings) ->
         raise GhostedgeError("DLA runs FP16 or INT8 only: pass --fp16 or --int8 with --dla-core")
     if dla and not dla_supported(ver):
         raise GhostedgeError(f"--dla-core: TensorRT {trt.__version__} cannot build for DLA (10.7 was the last 10.x "
-                             "release with DLA; 11.0-11.3 have none): build for the GPU, or use JetPack 6 "
-                             "(TensorRT 10.3) / JetPack 5 (8.5) for DLA engines")
+                             "release with DLA; 11.0-11.3 have none; 11.4.0 only on Windows on ARM): build for the "
+                             "GPU, or use JetPack 6 (TensorRT 10.3) / JetPack 5 (8.5) for DLA engines")
     if dla and len(set(s.batch)) != 1:
         raise GhostedgeError(f"--dla-core needs a static shape (DLA restrictions: min = opt = max), not "
                              f"{':'.join(map(str, s.batch))}: pass --batch N")
@@ -310,26 +317,49 @@ def build_serialized(trt: ModuleType, onnx_bytes: bytes, s: TrtBuildSettings) ->
 # ---------------------------------------------------------------------------------------------
 # engine inspection
 
+#: the long format strings of the inspector's raw JSON (``trtexec --exportLayerInfo``, IEngineInspector) name the
+#: data type inside the sentence: "Thirty-two wide channel vectorized row major Int8 format", "Row major linear
+#: FP32", "Channel major FP16 format where channel % 8 == 0", "Row major linear BFloat16 format"; TensorRT 11 adds a
+#: "(kCHW32)"-style suffix. NVIDIA's trex translates them with a table (tools/experimental/trt-engine-explorer/
+#: trex/activations.py, ``_regionFormatDict``) whose data-type words are these; kgen layers print the bare names
+#: ("Half", "Float", "Int8"), as the 11.x "DataType" field does (TensorRT 10.x -> 11.x IEngineInspector migration
+#: page: "I/O Tensors" entries carry "DataType": "Float" beside "Format": "Row major linear FP32 format (kLINEAR)").
+_DTYPE_WORDS = {
+    "int8": "int8", "fp32": "fp32", "float": "fp32", "fp16": "fp16", "half": "fp16", "bfloat16": "bf16",
+    "bf16": "bf16", "fp8": "fp8", "int4": "int4", "fp4": "fp4", "int32": "int32", "int64": "int64",
+    "bool": "bool", "uint8": "uint8", "double": "fp64", "int16": "int16",
+}
+
+
 def datatype_precision(fmt: str) -> str:
-    """'Int8 NC/32HW32' -> int8, 'Half ...' -> fp16, 'Float ...' -> fp32, 'BFloat16' -> bf16 (the first
-    word of TensorRT's Format/Datatype, matched exactly: 'BFloat16' is not 'Float')."""
-    word = (fmt or "?").split()[0].split("(")[0].lower() if (fmt or "").strip() else "?"
-    return {"int8": "int8", "half": "fp16", "float": "fp32", "bfloat16": "bf16", "bf16": "bf16", "fp8": "fp8",
-            "int4": "int4", "fp4": "fp4", "int32": "int32", "int64": "int64", "bool": "bool",
-            "uint8": "uint8"}.get(word, word)
+    """The precision a tensor description names, from any TensorRT release's inspector JSON: the word of the
+    description that is a data type ('Thirty-two wide channel vectorized row major Int8 format' -> int8,
+    'Row major linear FP32' -> fp32, 'Half' -> fp16, 'BFloat16' -> bf16; a whole word, so 'BFloat16' is not
+    'Float'); '?' when it names none."""
+    for word in re.findall(r"[A-Za-z]+[0-9]*", fmt or ""):
+        p = _DTYPE_WORDS.get(word.lower())
+        if p:
+            return p
+    return "?"
 
 
-def inspect_engine(trt: ModuleType, engine: Any) -> list[dict]:
-    """Per-layer records from the engine inspector (needs ProfilingVerbosity.DETAILED at build).
+def tensor_precision(t: dict) -> str:
+    """One tensor of a layer's Inputs/Outputs: 11.x's "DataType" first, else the 8.x-10.x "Format/Datatype"
+    sentence, else 11.x's "Format"."""
+    for key in ("DataType", "Format/Datatype", "Format"):
+        if t.get(key):
+            p = datatype_precision(str(t[key]))
+            if p != "?":
+                return p
+    return "?"
+
+
+def layer_rows(info: dict) -> list[dict]:
+    """Per-layer records from the inspector's parsed JSON (``{"Layers": [...]}``, any version).
 
     As NVIDIA's trex reads it: the kind is ``ParameterType`` (``LayerType`` is the kernel family, e.g.
-    CaskConvolution), the precision is that of ``Inputs[0]`` (an INT8 conv may write a float output).
-    """
-    import json as _json
-
-    insp = engine.create_engine_inspector()
-    raw = insp.get_engine_information(trt.LayerInformationFormat.JSON)
-    info = _json.loads(raw) if raw else {}
+    CaskConvolution), the precision is that of ``Inputs[0]`` (an INT8 conv may write a float output); a layer
+    fused with a residual add has the add's other operand as a further input."""
     rows = []
     for layer in info.get("Layers", []):
         if isinstance(layer, str):  # built without DETAILED verbosity: names only
@@ -341,11 +371,21 @@ def inspect_engine(trt: ModuleType, engine: Any) -> list[dict]:
         rows.append({
             "name": layer.get("Name", "?"),
             "type": kind,
-            "precision": datatype_precision(str(ins[0].get("Format/Datatype", "?"))),
+            "precision": tensor_precision(ins[0] if isinstance(ins[0], dict) else {}),
+            "inputs": [tensor_precision(t) for t in ins if isinstance(t, dict)],
             "device": "DLA" if "DLA" in impl or "ForeignNode" in impl or "DLA" in kind else "GPU",
             "tactic": str(layer.get("TacticName", layer.get("TacticValue", "?"))),
         })
     return annotate_layers(rows)
+
+
+def inspect_engine(trt: ModuleType, engine: Any) -> list[dict]:
+    """Per-layer records from the engine inspector (needs ProfilingVerbosity.DETAILED at build)."""
+    import json as _json
+
+    insp = engine.create_engine_inspector()
+    raw = insp.get_engine_information(trt.LayerInformationFormat.JSON)
+    return layer_rows(_json.loads(raw) if raw else {})
 
 
 #: layer kinds that move data or shapes: their float precision is not a compute fallback
@@ -403,7 +443,11 @@ class _Cuda:
     def _call(self, name: str, *args: Any) -> Any:
         try:
             return getattr(self.cudart, name)(*args)
-        except RuntimeError as e:  # cuda-python 11.8 without a driver: "Failed to dlopen libcuda.so.1"
+        except RuntimeError as e:
+            # cuda-python 11.8 without a driver: "Failed to dlopen libcuda.so.1" on the first call, then
+            # 'Function "cuInit" not found' (a driver-API symbol missing: there is no libcuda)
+            if re.search(r'libcuda|Function "cu\w+" not found', str(e)):
+                raise CudaAbsent(f"{NO_DRIVER} ({name}: {e})") from None
             raise GhostedgeError(f"CUDA is unusable here ({name}: {e}): install the NVIDIA driver, or run on the "
                                  "GPU machine / Jetson") from None
 
@@ -416,14 +460,25 @@ class _Cuda:
         return None
 
     def device_count(self) -> int:
-        """0 when there is no device; any other CUDA error is raised with its name (a driver too old for
-        this cuda-python is not "no GPU")."""
+        """0 when there is no device; ``CudaAbsent`` when no NVIDIA driver is loaded at all; any other CUDA error
+        is raised with its name (a driver too old for this cuda-python is not "no GPU").
+
+        Without a driver the real cuda-bindings 12.9.4 / 13.4.4 return cudaErrorInsufficientDriver from
+        cudaGetDeviceCount while cudaDriverGetVersion returns (cudaSuccess, 0) (observed here, on a machine with
+        no driver); 11.8.7 raises RuntimeError "Failed to dlopen libcuda.so.1" (``tests/test_cuda_python.py``).
+        Only a non-zero driver version makes InsufficientDriver a too-old driver."""
         if self.cudart is not None:
             err, n = self._call("cudaGetDeviceCount")
             if int(err) == 0:
                 return int(n)
             if "NoDevice" in _err_name(err):
                 return 0
+            if "InsufficientDriver" in _err_name(err):
+                derr, drv = self._call("cudaDriverGetVersion")
+                if int(derr) == 0 and not drv:
+                    raise CudaAbsent(f"{NO_DRIVER} (cudaGetDeviceCount: {_err_name(err)}, driver version 0)")
+                raise GhostedgeError(f"cudaGetDeviceCount failed: {_err_name(err)}: the driver supports CUDA "
+                                     f"{_cuda_ver(int(drv or 0))}; {_cuda_hint(err)}")
             raise GhostedgeError(f"cudaGetDeviceCount failed: {_err_name(err)}: {_cuda_hint(err)}")
         return self.pycuda.Device.count()
 
@@ -485,7 +540,12 @@ class _Cuda:
         return float(b.time_since(a))
 
     def capture(self, st: Any, launch: Any) -> Any:
-        """Record what ``launch()`` enqueues on ``st`` into an executable CUDA graph (cuda-python only).
+        """Record what ``launch()`` enqueues on ``st`` into an executable CUDA graph (cuda-python only), or None
+        when the capture failed: ``launch()`` returned False (TensorRT refused to enqueue under capture) or the
+        capture was invalidated. As trtexec does (samples/common/sampleDevice.h ``TrtCudaGraph::
+        endCaptureOnError``, called from sampleInference.cpp when enqueue fails under capture): end the capture,
+        destroy a graph that came back anyway, clear the sticky error; the caller then runs without a graph
+        ("--useCudaGraph ... may be ignored if the graph capture fails").
 
         ``cudaGraphInstantiateWithFlags(graph, 0)``: one signature in cuda-python 11.8, 12.x and 13.x
         (``cudaGraphInstantiate`` takes a log buffer in 11.8 and flags later)."""
@@ -494,10 +554,18 @@ class _Cuda:
         rt = self.cudart
         self._ck(self._call("cudaStreamBeginCapture", st, rt.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal),
                  "cudaStreamBeginCapture")
-        launch()
-        graph = self._ck(self._call("cudaStreamEndCapture", st), "cudaStreamEndCapture")
-        exe = self._ck(self._call("cudaGraphInstantiateWithFlags", graph, 0), "cudaGraphInstantiateWithFlags")
+        enqueued = launch()
+        err, graph = self._call("cudaStreamEndCapture", st)
+        if enqueued is False or int(err) != 0:
+            if int(err) == 0 and graph is not None:
+                self._call("cudaGraphDestroy", graph)   # a graph of a failed enqueue must never be replayed
+            self._call("cudaGetLastError")              # the invalidated capture leaves a sticky error
+            return None
+        err, exe = self._call("cudaGraphInstantiateWithFlags", graph, 0)
         self._call("cudaGraphDestroy", graph)  # the executable graph keeps what it needs
+        if int(err) != 0:
+            self._call("cudaGetLastError")
+            return None
         return exe
 
     def launch_graph(self, g: Any, st: Any) -> None:
@@ -506,6 +574,15 @@ class _Cuda:
     def destroy_graph(self, g: Any) -> None:
         if self.cudart is not None:
             self._call("cudaGraphExecDestroy", g)
+
+    def destroy_stream(self, st: Any) -> None:
+        if self.cudart is not None:
+            self._call("cudaStreamDestroy", st)
+        # a pycuda Stream is released with its Python object
+
+    def destroy_event(self, ev: Any) -> None:
+        if self.cudart is not None:
+            self._call("cudaEventDestroy", ev)
 
     def device_info(self) -> dict:
         if self.cudart is not None:
@@ -547,22 +624,33 @@ def _cuda_ver(v: int) -> str:
     return f"{v // 1000}.{(v % 1000) // 10}"
 
 
+#: the reasons ``cuda_probe`` gives when this machine simply has no GPU (a CPU fallback is right), as opposed
+#: to a GPU that a broken driver or binding hides
+NO_DEVICE = "no CUDA device was found"
+NO_DRIVER = "no NVIDIA driver is loaded here"
+
+
+class CudaAbsent(GhostedgeError):
+    """No NVIDIA driver at all: the machine has no usable GPU, nothing is broken."""
+
+
+def cuda_absent(why: str) -> bool:
+    """Whether a ``cuda_probe`` reason means "no GPU here" (fall back to the CPU) rather than "CUDA is broken"."""
+    return why.startswith((NO_DEVICE, NO_DRIVER))
+
+
 def cuda_probe() -> tuple[dict | None, str]:
-    """(first CUDA device, "") or (None, why not): "no device" differs from a broken driver / binding."""
+    """(first CUDA device, "") or (None, why not): "no device" / "no driver" differ from a broken driver or
+    binding (``cuda_absent`` tells which)."""
     try:
         cu = _Cuda()
         if cu.device_count() < 1:
-            return None, "no CUDA device was found"
+            return None, NO_DEVICE
         return cu.device_info(), ""
     except GhostedgeError as e:
         return None, str(e)
     except (ImportError, OSError, RuntimeError) as e:
         return None, f"CUDA is unusable here ({e})"
-
-
-def gpu_info() -> dict | None:
-    """The first CUDA device, or None when there is none (or no binding to ask)."""
-    return cuda_probe()[0]
 
 
 class TensorRTRunner(BaseRunner):
@@ -585,6 +673,8 @@ class TensorRTRunner(BaseRunner):
         self.dla_core = dla_core
         self.version_compatible = version_compatible
         self._graphs: dict[tuple, Any] = {}
+        self._no_graph: set[tuple] = set()   # shapes whose capture failed: they run without a graph
+        self.warnings: list[str] = []
         self.gpu_ms: list[float] = []     # GPU compute time of each infer (CUDA events)
 
     def activate_impl(self) -> None:
@@ -673,8 +763,16 @@ class TensorRTRunner(BaseRunner):
                 cu.launch_graph(self._graphs[key], st)
             else:
                 ok = self.context.execute_async_v3(cu.stream_handle(st))
-                if self.cuda_graph and ok:  # capture after a first plain run (TensorRT's recommendation)
-                    self._graphs[key] = cu.capture(st, lambda: self.context.execute_async_v3(cu.stream_handle(st)))
+                if self.cuda_graph and ok and key not in self._no_graph:
+                    # capture after a first plain run (TensorRT's recommendation); the enqueue's result under
+                    # capture decides: a failed one gives no graph, and this shape runs without one
+                    g = cu.capture(st, lambda: bool(self.context.execute_async_v3(cu.stream_handle(st))))
+                    if g is None:
+                        self._no_graph.add(key)
+                        self.warnings.append(f"CUDA graph capture failed for input {key}: running it without a "
+                                             "graph (as trtexec --useCudaGraph does)")
+                    else:
+                        self._graphs[key] = g
         else:
             ok = self.context.execute_async_v2([int(self.d_in), int(self.d_out)], cu.stream_handle(st))
         cu.record(self.ev[1], st)
@@ -694,4 +792,9 @@ class TensorRTRunner(BaseRunner):
             if b is not None:
                 self.cu.free(b)
         self.d_in = self.d_out = None
+        for ev in getattr(self, "ev", None) or ():
+            self.cu.destroy_event(ev)
+        if getattr(self, "stream", None) is not None:
+            self.cu.destroy_stream(self.stream)
+        self.ev, self.stream = (), None
         self.context = self.engine = self.runtime = None

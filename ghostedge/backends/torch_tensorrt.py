@@ -55,6 +55,24 @@ def precision_plan(version: str, precision: str) -> tuple[dict[str, Any], str]:
     return {}, dtype
 
 
+#: BuildConfig fields the torch-tensorrt frontend does not pass on (it builds a GPU engine with the compiler's
+#: defaults): field -> the option's name. Refused, never dropped silently.
+UNSUPPORTED_OPTIONS = {
+    "dla_core": "--dla-core", "gpu_fallback": "--gpu-fallback", "version_compatible": "--version-compatible",
+    "hardware_compat": "--hardware-compat", "opt_level": "--opt-level", "workspace_mib": "--workspace",
+    "timing_cache": "--timing-cache", "calib_cache": "--calib-cache",
+}
+
+
+def check_torch_tensorrt_options(cfg) -> None:  # noqa: ANN001 (BuildConfig)
+    """Refuse the build options this frontend cannot honour, before anything is imported or built."""
+    asked = [opt for f, opt in UNSUPPORTED_OPTIONS.items() if getattr(cfg, f, None) not in (None, False)]
+    if asked:
+        raise GhostedgeError(f"--frontend torch-tensorrt does not support {', '.join(asked)} (it compiles a GPU "
+                             "engine with torch-tensorrt's own settings): leave them out, or use the default "
+                             "--frontend onnx, which honours them")
+
+
 def device_info() -> dict:
     import torch
 
