@@ -680,3 +680,218 @@ def test_jetson_detection(tmp_path: Path):
     assert resolve("auto", tmp_path / "nothing").target.name == "dgpu"
     with pytest.raises(GhostedgeError, match="unknown --target"):
         resolve("nano")
+
+
+# ---------------------------------------------------------------------------------------------
+# issue 18: a third reading against the real sources
+
+#: raw inspector layers as TensorRT writes them (not trex's translation), one per release family:
+#: 8.x - NVIDIA's ResNet QAT example on an A100 (NVIDIA/TensorRT tools/experimental/trt-engine-explorer/
+#:   examples/pytorch/resnet/A100/qat/resnet-qat.onnx.engine.graph.json), verbatim but shortened;
+#: 10.x - a torch-tensorrt engine on JetPack 6 (fuzzylabs/edge-vision-power-estimation docs, trt_engine_info.json:
+#:   "StreamId"/"Metadata" are 10.x fields);
+#: 11.x - the 10.x -> 11.x IEngineInspector migration page: "DataType" beside a "Format" with a (kFORMAT) suffix.
+RAW_86 = {"Layers": [
+    {"Name": "QuantizeLinear_2", "LayerType": "Reformat",
+     "Inputs": [{"Name": "input.1", "Location": "Device", "Dimensions": [32, 3, 224, 224],
+                 "Format/Datatype": "Row major linear FP32"}],
+     "Outputs": [{"Name": "onnx::DequantizeLinear_125", "Location": "Device", "Dimensions": [32, 3, 224, 224],
+                  "Format/Datatype": "Four wide channel vectorized row major Int8 format"}],
+     "ParameterType": "Reformat", "Origin": "QDQ", "TacticValue": "0x0000000000000000"},
+    {"Name": "conv1.weight + QuantizeLinear_7 + Conv_9", "LayerType": "CaskConvolution",
+     "Inputs": [{"Name": "onnx::DequantizeLinear_125", "Location": "Device", "Dimensions": [32, 3, 224, 224],
+                 "Format/Datatype": "Four wide channel vectorized row major Int8 format"}],
+     "Outputs": [{"Name": "onnx::MaxPool_136", "Location": "Device", "Dimensions": [32, 64, 112, 112],
+                  "Format/Datatype": "Row major linear FP32"}],
+     "ParameterType": "Convolution", "TacticName": "ampere_fp32_icudnn_int8x4_128x64_relu_medium_nn_v1"},
+    {"Name": "MaxPool_12", "LayerType": "TiledPooling",
+     "Inputs": [{"Name": "onnx::MaxPool_136", "Location": "Device", "Dimensions": [32, 64, 112, 112],
+                 "Format/Datatype": "Row major linear FP32"}],
+     "Outputs": [{"Name": "Reformatted Output Tensor 0 to MaxPool_12", "Location": "Device",
+                  "Dimensions": [32, 64, 56, 56], "Format/Datatype": "Row major linear FP32"}],
+     "ParameterType": "Pooling", "TacticValue": "0x0000000000270101"},
+    {"Name": "layer1.0.conv2.weight + QuantizeLinear_32 + Conv_34 + Add_36 + Relu_37",
+     "LayerType": "CaskConvolution",
+     "Inputs": [{"Name": "onnx::DequantizeLinear_154", "Location": "Device", "Dimensions": [32, 64, 56, 56],
+                 "Format/Datatype": "Thirty-two wide channel vectorized row major Int8 format"},
+                {"Name": "inputs", "Location": "Device", "Dimensions": [32, 64, 56, 56],
+                 "Format/Datatype": "Thirty-two wide channel vectorized row major FP16 format"}],
+     "Outputs": [{"Name": "inputs.4", "Location": "Device", "Dimensions": [32, 64, 56, 56],
+                  "Format/Datatype": "Thirty-two wide channel vectorized row major FP16 format"}],
+     "ParameterType": "Convolution", "TacticName": "sm80_xmma_fprop_implicit_gemm_interleaved_i8f16_i8i32_f32"}]}
+RAW_10 = {"Layers": [
+    {"Name": "Reformatting CopyNode for Input Tensor 0 to [CONVOLUTION]-[aten_ops.convolution.default]-"
+             "[/features/0/convolution] + [RELU]-[aten_ops.relu.default]-[/features/1/relu]",
+     "LayerType": "Reformat",
+     "Inputs": [{"Name": "x", "Location": "Device", "Dimensions": [1, 3, 224, 224],
+                 "Format/Datatype": "Row major linear FP16 format"}],
+     "Outputs": [{"Name": "Reformatted Input Tensor 0", "Location": "Device", "Dimensions": [1, 3, 224, 224],
+                  "Format/Datatype": "Channel major FP16 format where channel % 4 == 0"}],
+     "ParameterType": "Reformat", "Origin": "REFORMAT", "TacticValue": "0x00000000000003ea", "StreamId": 0,
+     "Metadata": ""},
+    {"Name": "[CONVOLUTION]-[aten_ops.convolution.default]-[/features/0/convolution]", "LayerType": "CaskConvolution",
+     "Inputs": [{"Name": "Reformatted Input Tensor 0", "Location": "Device", "Dimensions": [1, 3, 224, 224],
+                 "Format/Datatype": "Channel major FP16 format where channel % 4 == 0"}],
+     "Outputs": [{"Name": "y", "Location": "Device", "Dimensions": [1, 64, 55, 55],
+                  "Format/Datatype": "Channel major FP16 format where channel % 8 == 0"}],
+     "ParameterType": "Convolution", "StreamId": 0, "Metadata": ""}]}
+RAW_11 = {"I/O Tensors": [{"Name": "input_0", "IOMode": "Input", "DataType": "Float", "Dimensions": [1, 3, 224, 224],
+                           "Location": "Device", "IsShapeInferenceIO": False,
+                           "ProfileInfo": [{"Format": "Row major linear FP32 format (kLINEAR)"}]}],
+          "Layers": [
+    {"Name": "conv", "LayerType": "CaskConvolution", "ParameterType": "Convolution",
+     "Inputs": [{"Name": "a", "DataType": "Int8",
+                 "Format": "Thirty-two wide channel vectorized row major Int8 format (kCHW32)"}],
+     "Outputs": [{"Name": "b", "DataType": "Half", "Format": "Thirty-two wide channel vectorized row major FP16 "
+                                                            "format (kCHW32)"}]},
+    {"Name": "head", "LayerType": "CaskGemm", "ParameterType": "MatrixMultiply",
+     "Inputs": [{"Name": "b", "DataType": "Float", "Format": "Row major linear FP32 format (kLINEAR)"}],
+     "Outputs": [{"Name": "c", "DataType": "Float", "Format": "Row major linear FP32 format (kLINEAR)"}]}]}
+
+
+@pytest.mark.parametrize("raw,want", [
+    (RAW_86, ["fp32", "int8", "fp32", "int8"]),
+    (RAW_10, ["fp16", "fp16"]),
+    (RAW_11, ["int8", "fp32"]),
+])
+def test_i18_01_inspector_precision_from_the_raw_strings_of_each_version(raw: dict, want: list[str]):
+    from ghostedge.backends.tensorrt import inspect_engine
+
+    trt = make_fake_trt(VERSIONS[-1])
+    trt._behaviors[("EngineInspector", "get_engine_information")] = lambda self, fmt: json.dumps(raw)
+    rows = inspect_engine(trt, trt.ICudaEngine.__new__(trt.ICudaEngine))
+    assert [r["precision"] for r in rows] == want
+    fp32_flagged = [r["name"] for r in rows if "fp32" in r["flags"]]
+    if raw is RAW_86:   # the FP32 max-pool between INT8 convs is a fallback; the fused add's residual is FP16
+        assert fp32_flagged == ["MaxPool_12"] and rows[-1]["inputs"] == ["int8", "fp16"]
+    if raw is RAW_11:
+        assert fp32_flagged == ["head"]
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_i18_03_failed_cuda_graph_capture_falls_back_without_a_graph(tmp_path: Path, version: str):
+    """trtexec ends a capture whose enqueue failed and runs without a graph; an empty graph would replay stale
+    outputs. The fake's enqueue succeeds when run and fails under capture (the 2nd call of each shape)."""
+    trt = _engine_fake(version, [(1, 3, 8, 8), (2, 3, 8, 8), (4, 3, 8, 8)])
+    runs = {"n": 0}
+
+    def enqueue(self, stream):
+        runs["n"] += 1
+        return runs["n"] != 2          # the call made under capture
+
+    trt._behaviors[("IExecutionContext", "execute_async_v3")] = enqueue
+    cu = _HostCuda()
+    with _runner(tmp_path, trt, cu, cuda_graph=True) as r:
+        for _ in range(3):
+            r.infer(np.zeros((2, 3, 8, 8), np.float32))
+        assert not r._graphs and cu.launched == 0 and runs["n"] == 4   # run, failed capture, then plain runs
+        assert r.warnings and "capture failed" in r.warnings[0]
+
+
+def test_i18_03_cuda_capture_ends_and_cleans_up_after_a_refused_enqueue():
+    """_Cuda.capture against a cudart whose calls are recorded: a False enqueue ends the capture, destroys the
+    graph it returned and clears the error (sampleDevice.h endCaptureOnError), and instantiates nothing."""
+    from ghostedge.backends.tensorrt import _Cuda
+
+    calls = []
+
+    class Rt:
+        class cudaStreamCaptureMode:
+            cudaStreamCaptureModeGlobal = 0
+
+        def __getattr__(self, name):
+            def call(*a):
+                calls.append(name)
+                return (0, "graph") if name == "cudaStreamEndCapture" else (0, "exe") \
+                    if name == "cudaGraphInstantiateWithFlags" else (0,)
+            return call
+
+    cu = _Cuda(Rt())
+    assert cu.capture(7, lambda: False) is None
+    assert calls == ["cudaStreamBeginCapture", "cudaStreamEndCapture", "cudaGraphDestroy", "cudaGetLastError"]
+    calls.clear()
+    assert cu.capture(7, lambda: True) == "exe" and "cudaGraphInstantiateWithFlags" in calls
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_i18_09_streams_and_events_are_destroyed(tmp_path: Path, version: str):
+    trt = _engine_fake(version, [(1, 3, 8, 8), (2, 3, 8, 8), (4, 3, 8, 8)])
+    cu = _HostCuda()
+    with _runner(tmp_path, trt, cu) as r:
+        r.infer(np.zeros((2, 3, 8, 8), np.float32))
+    kinds = [k for k, _ in cu.destroyed]
+    assert kinds.count("event") == 2 and kinds.count("stream") == 1
+
+
+@pytest.mark.parametrize("version", [v for v in VERSIONS if _major(v) < 11])
+def test_i18_02_build_never_writes_over_quantizes_cache(engines_copy: Path, version: str):
+    import hashlib
+
+    cache = engines_copy / "ghostnet.calib.cache"
+    before = hashlib.sha256(cache.read_bytes()).hexdigest()
+    trt, res = _build(engines_copy, version, precision=Precision.int8, calib_cache=cache)
+    assert hashlib.sha256(cache.read_bytes()).hexdigest() == before
+    man = json.loads((engines_copy / "ghostnet.plan.json").read_text())
+    restamped = engines_copy / man["calib_cache"]
+    assert restamped != cache and restamped.read_text().startswith(f"TRT-{trt_version_int(trt.__version__)}-")
+    assert f"--calib={restamped.name}" in res.trtexec
+
+
+def test_i18_06_jetson_clocks_under_a_capped_nvpmodel(tmp_path: Path):
+    """An Orin Nano / NX power mode caps devfreq max below the top available frequency; jetson_clocks then pins
+    min = max = the cap, which jtop (jetson_clocks_alive) reads as on."""
+    from ghostedge.targets import jetson_gpu_clock
+
+    d = tmp_path / "sys/class/devfreq/17000000.ga10b"
+    d.mkdir(parents=True)
+    for f, v in (("cur_freq", "624750000"), ("min_freq", "624750000"), ("max_freq", "624750000"),
+                 ("available_frequencies", "306000000 624750000 1020000000")):
+        (d / f).write_text(v + "\n")
+    assert jetson_gpu_clock(tmp_path)["jetson_clocks"] is True
+    (d / "min_freq").write_text("306000000\n")       # the governor free to scale down: off
+    assert jetson_gpu_clock(tmp_path)["jetson_clocks"] is False
+
+
+def test_i18_18_l4t_rows_have_sources():
+    from ghostedge.targets import jetpack_for
+
+    assert jetpack_for((35, 6, 3))[0] == "5.1.5" and jetpack_for((35, 6, 4))[0] == "5.1.6"   # jtop
+    assert jetpack_for((35, 6, 0))[0] == "5.1.4"
+    # L4T >= 39 ships TensorRT 10.16.1 (jetson-containers); no source says R39.2 is 7.2.2 / TensorRT 11.4
+    for v in ((39, 0, 0), (39, 1, 0), (39, 2, 0)):
+        assert jetpack_for(v)[1] == "10.16.1" and jetpack_for(v)[0] != "7.2.2"
+
+
+@pytest.mark.parametrize("field,value", [("dla_core", 0), ("version_compatible", True), ("hardware_compat", True),
+                                         ("opt_level", 3), ("workspace_mib", 512), ("timing_cache", Path("t.cache"))])
+def test_i18_08_torch_tensorrt_refuses_what_it_would_drop(engines_copy: Path, field: str, value, monkeypatch):
+    import sys
+
+    from ghostedge.build import build
+
+    monkeypatch.setitem(sys.modules, "torch_tensorrt", None)   # an import would fail: refused before it
+    cfg = BuildConfig(engines=engines_copy, frontend="torch-tensorrt", **{field: value})
+    with pytest.raises(GhostedgeError, match="torch-tensorrt does not support"):
+        build(cfg)
+
+
+def test_i18_08_torch_tensorrt_extra_brings_cuda_python():
+    import re
+
+    pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    extra = re.search(r"^torch-tensorrt = \[(.*)\]", pyproject, re.M).group(1)
+    assert "cuda-python" in extra
+
+
+def test_i18_partial8_trtexec_line_for_an_11x_board_without_tensorrt(engines_copy: Path, monkeypatch):
+    """An 11.x target (the board's expected TensorRT) gets the Q/DQ ONNX, never the FP32 one or a cache."""
+    import ghostedge.build as b
+    from ghostedge.targets import TARGETS, Platform
+
+    monkeypatch.setattr(b, "resolve", lambda name: Platform(TARGETS["agx-orin"], "AGX Orin", "39.9.0", "7.2.2",
+                                                            "11.4.1"))
+    monkeypatch.setitem(__import__("sys").modules, "tensorrt", None)
+    for kw in ({}, {"dla_core": 0}):
+        with pytest.raises(GhostedgeError) as e:
+            build_tensorrt(BuildConfig(engines=engines_copy, precision=Precision.int8, **kw), lambda s: None)
+        assert "--onnx=ghostnet.int8.onnx" in str(e.value) and "--calib=" not in str(e.value)

@@ -66,7 +66,8 @@ UNSUPPORTED_OPTIONS = {
 
 def check_torch_tensorrt_options(cfg) -> None:  # noqa: ANN001 (BuildConfig)
     """Refuse the build options this frontend cannot honour, before anything is imported or built."""
-    asked = [opt for f, opt in UNSUPPORTED_OPTIONS.items() if getattr(cfg, f, None) not in (None, False)]
+    asked = [opt for f, opt in UNSUPPORTED_OPTIONS.items()
+             if getattr(cfg, f, None) is not None and getattr(cfg, f) is not False]
     if asked:
         raise GhostedgeError(f"--frontend torch-tensorrt does not support {', '.join(asked)} (it compiles a GPU "
                              "engine with torch-tensorrt's own settings): leave them out, or use the default "
