@@ -364,3 +364,20 @@ def implicit_cache_tensors(model: onnx.ModelProto, placement: Placement) -> list
                          for u, _ in users) and out not in keep:
             keep.append(out)
     return keep
+
+
+def off_grid_channels(qdq: onnx.ModelProto) -> tuple[int, int]:
+    """(channels, of all quantized weight channels) whose largest |q| is below 127: there TensorRT's implicit
+    INT8, which takes each channel's scale as max |w| / 127, puts the weights on a finer grid than the Q/DQ
+    graph's (refined scales can exceed max |w|), so the two engines differ in those channels."""
+    inits = {i.name: i for i in qdq.graph.initializer}
+    off = total = 0
+    for q in qdq.graph.node:
+        if q.op_type != "QuantizeLinear" or q.input[0] not in inits:
+            continue
+        w = numpy_helper.to_array(inits[q.input[0]]).astype(np.float32)
+        scale = numpy_helper.to_array(inits[q.input[1]]).astype(np.float32).reshape(-1, *([1] * (w.ndim - 1)))
+        top = np.abs(np.clip(np.round(w / scale), -QMAX, QMAX)).reshape(w.shape[0], -1).max(1)
+        off += int((top < QMAX).sum())
+        total += w.shape[0]
+    return off, total

@@ -26,7 +26,8 @@ from .errors import GhostedgeError, write_bytes_atomic, write_text_atomic
 from .export import INPUT_NAME, export_onnx, onnx_is_current, ort_session
 from .model import GhostNet, ModelInfo, ModelSpec, load_model
 from .resources import check_batch, check_images
-from .qdq import QMAX, implicit_cache_tensors, insert_qdq, plan_placement, quantizable_nodes, strip_qdq
+from .qdq import QMAX, implicit_cache_tensors, insert_qdq, off_grid_channels, plan_placement, quantizable_nodes, \
+    strip_qdq
 from .refine import RefineConfig, Refined, Unsupported, apply_weights, refine
 
 FP32_NAME = "ghostnet.onnx"
@@ -342,10 +343,12 @@ def quantize(cfg: QuantizeConfig, progress: Callable[[str, int, int], None] | No
         "excluded_nodes": excluded,
         "cache_trt_version": cfg.trt_version,
         "implicit_int8": {"onnx": IMPLICIT_NAME, "cache_tensors": len(cache_names),
-                          "note": "TensorRT < 11 implicit INT8 from the cache: same weights and quantized tensors "
-                                  "as the Q/DQ graph; TensorRT still picks each layer's kernel precision by speed "
-                                  "(a layer may run FP16 where the Q/DQ engine runs INT8): measure that engine with "
-                                  "ghostedge bench --eval"},
+                          "weight_channels_off_grid": list(off_grid_channels(q)),
+                          "note": "TensorRT < 11 implicit INT8 from the cache: the Q/DQ graph's weights and "
+                                  "quantized tensors, but not the same engine: TensorRT takes weight scales as "
+                                  "max |w| / 127 per channel (a finer grid in the channels listed off grid) and "
+                                  "picks each layer's precision by speed (a layer may run FP16 where the Q/DQ "
+                                  "engine runs INT8); its accuracy is that engine's own: ghostedge bench --eval"},
         "quantization": {"weights": "int8 symmetric per-channel axis 0",
                          "activations": "int8 symmetric per-tensor (TensorRT); min/max kept for asymmetric backends"},
         "refinement": refined.summary(),

@@ -63,12 +63,23 @@ def test_qdq_graph_follows_tensorrt_rules(engines_dir: Path):
         act = prod.get(n.input[0])
         assert act is not None and act.op_type == "DequantizeLinear", n.name
         assert inits[act.input[1]].shape == ()
-    # residual Add: both inputs quantized
+    # residual Add, per block (issue 18 placement): in the downsampling blocks the shortcut ends in a 1x1 conv,
+    # whose output reaches the Add without Q/DQ (the add fuses into that conv: TensorRT's Q/DQ placement
+    # recommendations, ModelOpt's build_non_residual_input_map) while the Ghost-module side is quantized; in the
+    # ordinary blocks (Concat + identity, no conv to fuse into) both inputs are quantized
     adds = [n for n in nodes if n.op_type == "Add" and all(t not in inits for t in n.input)]
-    assert adds
+    kinds = set()
     for n in adds:
-        for t in n.input:
-            assert prod[t].op_type == "DequantizeLinear", n.name
+        srcs = [prod[t].op_type for t in n.input]
+        if "Conv" in srcs:
+            assert sorted(srcs) == ["Conv", "DequantizeLinear"], (n.name, srcs)
+            raw = n.input[srcs.index("Conv")]
+            assert len(cons[raw]) == 1 and prod[raw].input[1] in {d.output[0] for d in dqs}   # an INT8 1x1 conv
+            kinds.add("downsampling")
+        else:
+            assert srcs == ["DequantizeLinear", "DequantizeLinear"], (n.name, srcs)
+            kinds.add("ordinary")
+    assert kinds == {"downsampling", "ordinary"}
     # Concat: quantized inputs share one scale (so TensorRT needs no requantization)
     concats = [n for n in nodes if n.op_type == "Concat"]
     quantized_concats = 0
@@ -99,7 +110,14 @@ def test_record_and_cache_are_consistent(engines_dir: Path):
     assert rec["data"]["fingerprint"] and rec["model"]["fingerprint"] and rec["tools"]["onnxruntime"]
     header, scales = parse_calib_cache((engines_dir / CACHE_NAME).read_text())
     assert header == "TRT-8502-EntropyCalibration2"   # JetPack 5.1's TensorRT, unless a target says otherwise
-    assert set(scales) == tensor_names
+    # the cache names what the Q/DQ graph quantizes (issue 18 item 4): every Q/DQ activation, no float-layer tensor
+    q = onnx.load(str(engines_dir / "ghostnet.int8.onnx"))
+    q_inits = {i.name for i in q.graph.initializer}
+    qdq_acts = {n.input[0] for n in q.graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in q_inits}
+    assert qdq_acts <= set(scales) <= tensor_names
+    # the squeeze-excite branch runs in float: none of its tensors but the gated output the next conv quantizes
+    se = {o for n in fp32.graph.node if "/se/" in n.name for o in n.output} - qdq_acts
+    assert se and not se & set(scales)
     for name, s in scales.items():
         assert s == pytest.approx(max(rec["tensors"][name]["amax"], 1e-8) / 127.0, rel=1e-6)
     # hex of the big-endian float32 bits, as TensorRT writes them
@@ -213,3 +231,45 @@ def test_build_refuses_a_record_made_for_other_weights(engines_copy: Path):
         with pytest.raises(GhostedgeError, match="calibrated for other weights"):
             build(BuildConfig(engines=engines_copy, precision=Precision.int8, backend=be))
     assert not [p for p in engines_copy.iterdir() if ".ort." in p.name or ".ov." in p.name]
+
+
+def test_implicit_int8_is_the_measured_model(engines_dir: Path):
+    """Issue 18 item 4: the implicit-INT8 path (legacy cache) builds from ghostnet.implicit.onnx, the Q/DQ graph's
+    float twin: its quantized weights are the Q/DQ graph's int8 grid points, its float layers (SE, --max-drop
+    exclusions) keep the Q/DQ graph's float weights, and the cache names no tensor of a float layer."""
+    from ghostedge.quantize import IMPLICIT_NAME
+    from ghostedge.qdq import QMAX
+
+    q = onnx.load(str(engines_dir / "ghostnet.int8.onnx"))
+    imp = onnx.load(str(engines_dir / IMPLICIT_NAME))
+    assert not [n for n in imp.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    qi = {i.name: numpy_helper.to_array(i) for i in q.graph.initializer}
+    ii = {i.name: numpy_helper.to_array(i) for i in imp.graph.initializer}
+    prod = {o: n for n in q.graph.node for o in n.output}
+    checked = off = total = 0
+    for n in q.graph.node:
+        if n.op_type not in ("Conv", "Gemm"):
+            continue
+        w_src = n.input[1]
+        dq = prod.get(w_src)
+        if dq is not None and dq.op_type == "DequantizeLinear":
+            w_name = prod[dq.input[0]].input[0]
+            scale = qi[dq.input[1]].reshape(-1, *([1] * (qi[w_name].ndim - 1)))
+            want = np.clip(np.round(qi[w_name] / scale), -QMAX, QMAX) * scale
+            np.testing.assert_allclose(ii[w_name], want, rtol=0, atol=1e-7)
+            # TensorRT's implicit per-channel scale (max |w| / 127) gives the same grid where a channel reaches 127;
+            # the record says in how many it does not (not the same engine there)
+            off += int((np.abs(np.round(ii[w_name] / scale)).reshape(len(scale), -1).max(1) < QMAX).sum())
+            total += len(scale)
+            checked += 1
+        else:   # a float layer: the very weights the Q/DQ graph runs in float
+            np.testing.assert_array_equal(ii[w_src], qi[w_src])
+    assert checked
+    rec = json.loads((engines_dir / RECORD_NAME).read_text())["implicit_int8"]
+    assert rec["onnx"] == IMPLICIT_NAME and rec["weight_channels_off_grid"] == [off, total] and "not the same" in rec["note"]
+    # and quantize's FP32 export differs from it (the refined weights are what was measured)
+    f = onnx.load(str(engines_dir / "ghostnet.onnx"))
+    fi = {i.name: numpy_helper.to_array(i) for i in f.graph.initializer}
+    fw = {n.name: fi[n.input[1]] for n in f.graph.node if n.op_type == "Conv"}
+    iw = {n.name: ii[n.input[1]] for n in imp.graph.node if n.op_type == "Conv"}
+    assert set(fw) == set(iw) and any(not np.array_equal(fw[k], iw[k]) for k in fw)
