@@ -237,8 +237,8 @@ def test_implicit_int8_is_the_measured_model(engines_dir: Path):
     """Issue 18 item 4: the implicit-INT8 path (legacy cache) builds from ghostnet.implicit.onnx, the Q/DQ graph's
     float twin: its quantized weights are the Q/DQ graph's int8 grid points, its float layers (SE, --max-drop
     exclusions) keep the Q/DQ graph's float weights, and the cache names no tensor of a float layer."""
-    from ghostedge.quantize import IMPLICIT_NAME
     from ghostedge.qdq import QMAX
+    from ghostedge.quantize import IMPLICIT_NAME
 
     q = onnx.load(str(engines_dir / "ghostnet.int8.onnx"))
     imp = onnx.load(str(engines_dir / IMPLICIT_NAME))

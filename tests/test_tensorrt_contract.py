@@ -879,7 +879,7 @@ def test_i18_08_torch_tensorrt_extra_brings_cuda_python():
     import re
 
     pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
-    extra = re.search(r"^torch-tensorrt = \[(.*)\]", pyproject, re.M).group(1)
+    extra = re.search(r"^torch-tensorrt = \[(.*)\]", pyproject, re.MULTILINE).group(1)
     assert "cuda-python" in extra
 
 

@@ -64,7 +64,7 @@ UNSUPPORTED_OPTIONS = {
 }
 
 
-def check_torch_tensorrt_options(cfg) -> None:  # noqa: ANN001 (BuildConfig)
+def check_torch_tensorrt_options(cfg) -> None:  # cfg: BuildConfig (not imported: build imports this module)
     """Refuse the build options this frontend cannot honour, before anything is imported or built."""
     asked = [opt for f, opt in UNSUPPORTED_OPTIONS.items()
              if getattr(cfg, f, None) is not None and getattr(cfg, f) is not False]
