@@ -895,3 +895,24 @@ def test_i18_partial8_trtexec_line_for_an_11x_board_without_tensorrt(engines_cop
         with pytest.raises(GhostedgeError) as e:
             build_tensorrt(BuildConfig(engines=engines_copy, precision=Precision.int8, **kw), lambda s: None)
         assert "--onnx=ghostnet.int8.onnx" in str(e.value) and "--calib=" not in str(e.value)
+
+
+def test_i18_05_bench_and_inspect_name_the_cuda_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """open_runner (bench, inspect) says why CUDA is unusable, not "this machine has no CUDA GPU"."""
+    import sys
+    import types
+
+    import ghostedge.backends.tensorrt as backend
+    from ghostedge.bench import open_runner
+    from ghostedge.manifest import write_manifest
+
+    plan = tmp_path / "g.plan"
+    plan.write_bytes(PLAN_MAGIC)
+    write_manifest(plan, {"backend": "tensorrt", "tensorrt": "10.3.0", "gpu": GPU, "precision": "int8"})
+    fake = types.ModuleType("tensorrt")
+    fake.__version__ = "10.3.0"
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    why = "cudaGetDeviceCount failed: cudaErrorInsufficientDriver (35): the driver supports CUDA 12.2; install ..."
+    monkeypatch.setattr(backend, "cuda_probe", lambda: (None, why))
+    with pytest.raises(GhostedgeError, match="cudaErrorInsufficientDriver"):
+        open_runner(plan)
