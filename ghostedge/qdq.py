@@ -372,9 +372,7 @@ def off_grid_channels(qdq: onnx.ModelProto) -> tuple[int, int]:
     graph's (refined scales can exceed max |w|), so the two engines differ in those channels."""
     inits = {i.name: i for i in qdq.graph.initializer}
     off = total = 0
-    for q in qdq.graph.node:
-        if q.op_type != "QuantizeLinear" or q.input[0] not in inits:
-            continue
+    for q, _ in _weight_quantizers(qdq):
         w = numpy_helper.to_array(inits[q.input[0]]).astype(np.float32)
         scale = numpy_helper.to_array(inits[q.input[1]]).astype(np.float32).reshape(-1, *([1] * (w.ndim - 1)))
         top = np.abs(np.clip(np.round(w / scale), -QMAX, QMAX)).reshape(w.shape[0], -1).max(1)
