@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from statistics import NormalDist
 
 import numpy as np
 
@@ -60,17 +61,54 @@ def clopper_pearson(k: int, n: int, conf: float = 0.95) -> tuple[float, float]:
     return lo, hi
 
 
+def tango_statistic(b, c, n: int, d, correction: float = 0.0):
+    """Tango's score statistic for the paired difference p12 - p21 = d (b ~ p12: reference right, engine
+    wrong; c ~ p21: the reverse; n pairs), the variance of b - c taken at the maximum-likelihood p21 under
+    that d (Tango 1998, Stat Med 17:891). ``correction`` moves b - c towards d (a continuity correction)."""
+    b, c, d = np.asarray(b, np.float64), np.asarray(c, np.float64), np.asarray(d, np.float64)
+    big_a = 2.0 * n
+    big_b = -b - c + (2.0 * n - b + c) * d
+    big_c = -c * d * (1.0 - d)
+    q21 = (np.sqrt(np.maximum(big_b * big_b - 4.0 * big_a * big_c, 0.0)) - big_b) / (2.0 * big_a)
+    var = n * np.maximum(2.0 * q21 + d * (1.0 - d), 0.0)
+    diff = b - c - n * d
+    num = np.sign(diff) * np.maximum(np.abs(diff) - correction, 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(num == 0, 0.0, num / np.sqrt(var))
+
+
+#: the continuity correction of the drop interval: 1 on b - c (McNemar's, after Edwards). Without it, the
+#: score interval's lower tail reaches 4-5% where few images are discordant (tests/test_drift.py)
+CONTINUITY = 1.0
+
+
+def paired_drop_intervals(b, c, n: int, conf: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """Interval of the paired drop (b - c) / n (fractions, elementwise over arrays of b and c): the values d
+    whose continuity-corrected Tango score statistic lies within +-z. Exact coverage over rates and n from
+    128 to 50,000 is >= 95.1% with each tail <= 2.5% at 95% (tests/test_drift.py computes it)."""
+    z = NormalDist().inv_cdf(0.5 + conf / 2)
+    b, c = np.asarray(b, np.float64), np.asarray(c, np.float64)
+    est = (b - c) / n
+    eps = 1e-12
+    lo_a, lo_b = np.full_like(est, -1.0 + eps), est.copy()      # statistic above z at lo_a, not at lo_b
+    hi_a, hi_b = est.copy(), np.full_like(est, 1.0 - eps)       # statistic below -z at hi_b, not at hi_a
+    for _ in range(42):                                           # to 2^-42 of the range
+        m = (lo_a + lo_b) / 2
+        out = tango_statistic(b, c, n, m, CONTINUITY) > z
+        lo_a, lo_b = np.where(out, m, lo_a), np.where(out, lo_b, m)
+        m = (hi_a + hi_b) / 2
+        out = tango_statistic(b, c, n, m, CONTINUITY) < -z
+        hi_a, hi_b = np.where(out, hi_a, m), np.where(out, m, hi_b)
+    return lo_b, hi_a
+
+
 def paired_drop_interval(b: int, c: int, n: int, conf: float = 0.95) -> tuple[float, float]:
-    """Interval of a paired top-1 drop (b - c) / n in points, from the discordant pairs only: b images the
-    reference gets right and the engine wrong, c the reverse. Conditional on b + c, b is binomial with
-    p = P(reference-only right | discordant) (the exact McNemar test); the drop is (b + c)(2p - 1) / n."""
-    m = b + c
+    """Interval of a paired top-1 drop (b - c) / n in points: b images the reference gets right and the
+    engine wrong, c the reverse, of n (see paired_drop_intervals)."""
     if n <= 0:
         return 0.0, 0.0
-    if m == 0:
-        return 0.0, 0.0
-    lo, hi = clopper_pearson(b, m, conf)
-    return 100.0 * m * (2 * lo - 1) / n, 100.0 * m * (2 * hi - 1) / n
+    lo, hi = paired_drop_intervals(b, c, n, conf)
+    return 100.0 * float(lo), 100.0 * float(hi)
 
 
 @dataclass
@@ -99,7 +137,7 @@ class DriftResult:
     top1: float | None = None
     top5: float | None = None
     top1_drop_pts: float | None = None
-    ref_right_engine_wrong: int | None = None   # paired counts (McNemar's discordant pairs)
+    ref_right_engine_wrong: int | None = None   # paired counts (the discordant pairs)
     ref_wrong_engine_right: int | None = None
     classes_lost_most: list[dict] = field(default_factory=list)
     labelled: bool = False
@@ -115,7 +153,8 @@ class DriftResult:
 
 
 def drop_interval(d: DriftResult, conf: float = 0.95) -> tuple[float, float]:
-    """95% interval of d.drop: exact paired (McNemar) with labels, else Clopper-Pearson on the disagreements."""
+    """95% interval of d.drop: with labels the paired drop's (continuity-corrected Tango score interval),
+    else Clopper-Pearson on the disagreements (each image agrees or not: a binomial proportion)."""
     if d.labelled:
         return paired_drop_interval(d.ref_right_engine_wrong or 0, d.ref_wrong_engine_right or 0, d.n, conf)
     k = int(round((100.0 - d.agreement) * d.n / 100.0))
@@ -169,7 +208,7 @@ def judge(d: DriftResult, budget: float, conf: float = 0.95) -> GateVerdict:
     lo, hi = drop_interval(d, conf)
     what = "top-1 drop" if d.labelled else "top-1 disagreement with FP32"
     if d.labelled:
-        basis = (f"exact McNemar on the {d.ref_right_engine_wrong} FP32-right/INT8-wrong and "
+        basis = (f"paired score interval on the {d.ref_right_engine_wrong} FP32-right/INT8-wrong and "
                  f"{d.ref_wrong_engine_right} reverse images of {d.n}")
     else:
         basis = f"Clopper-Pearson on {d.n} images"

@@ -2,8 +2,8 @@
 
 Every candidate is calibrated on the same images (default: 512 from imagenette/train, class-balanced,
 seed 0; --calib calib/ for the distilled set) and evaluated on every image of the eval set (default:
-imagenette/val, 3,925 images) against the FP32 PyTorch model: top-1 drop with its 95% interval (exact
-McNemar on the paired outcomes), top-1 agreement, and the paired counts. All INT8 models run on ONNX
+imagenette/val, 3,925 images) against the FP32 PyTorch model: top-1 drop with its 95% interval (the
+paired score interval of ghostedge.drift), top-1 agreement, and the paired counts. All INT8 models run on ONNX
 Runtime CPU, except PyTorch FX (its own x86 backend).
 
 Peers: NNCF's default PTQ on the ONNX model (`pip install nncf`); NVIDIA ModelOpt's ONNX INT8 PTQ with
