@@ -127,35 +127,47 @@ def amax_mse(hist: np.ndarray, absmax: float, num_bits: int = 8, start: int = 12
     return best
 
 
-def amax_entropy(hist: np.ndarray, absmax: float, num_quant_bins: int = 128, stride: int = 16) -> float:
-    """TensorRT's EntropyCalibration2: the threshold minimizing KL(P || Q) of the clipped histogram."""
-    if hist.sum() == 0 or absmax == 0:
-        return absmax
+def amax_entropy(hist: np.ndarray, absmax: float, num_quant_bins: int = 128, start_bin: int = 128,
+                 stride: int = 1) -> float:
+    """EntropyCalibration2 as pytorch-quantization and ModelOpt compute it (``_compute_amax_entropy`` in
+    ``modelopt/torch/quantization/calib/histogram.py``): for every threshold bin i from start_bin on, P is
+    the first i bins with everything above folded into bin i - 1, Q is those i bins merged into
+    num_quant_bins groups and spread back evenly over each group's non-empty bins; the amax is the edge of
+    the i with the least KL(P || Q), the last one on a tie. A threshold where P > 0 and Q = 0 (an outlier
+    tail folded into an empty bin) has infinite KL and is never chosen. All thresholds at once from prefix
+    sums (the reference loops over them; tests/test_drift.py checks this against a transcription of it)."""
     nb = len(hist)
-    hist = hist.astype(np.float64)
-    hist[0] = hist[1]  # the spike of exact zeros (ReLU outputs) would dominate the KL (as pytorch-quantization does)
-    best_i, best_kl = nb, np.inf
-    for i in range(num_quant_bins, nb + 1, stride):
-        ref = hist[:i].copy()
-        ref[i - 1] += hist[i:].sum()
-        nz = ref > 0
-        # quantize the first i bins into num_quant_bins, then expand back over the non-empty bins
-        src = hist[:i]
-        edges = np.linspace(0, i, num_quant_bins + 1).astype(int)
-        owner = np.searchsorted(edges, np.arange(i), side="right") - 1
-        sums = np.bincount(owner, weights=src, minlength=num_quant_bins)
-        cnts = np.bincount(owner, weights=(src > 0).astype(np.float64), minlength=num_quant_bins)
-        cand = np.where(src > 0, sums[owner] / np.maximum(cnts[owner], 1), 0.0)
-        p = ref / ref.sum()
-        q_sum = cand.sum()
-        if q_sum == 0:
-            continue
-        q = cand / q_sum
-        valid = nz & (q > 0)
-        kl = float(np.sum(p[valid] * np.log(p[valid] / q[valid]))) + float(p[nz & (q == 0)].sum()) * 20.0
-        if kl < best_kl:
-            best_kl, best_i = kl, i
-    return float(best_i * absmax / nb)
+    if hist.sum() == 0 or absmax == 0 or nb < start_bin:
+        return absmax
+    h = hist.astype(np.float64)
+    h[0] = h[1]  # the spike of exact zeros (ReLU outputs) would dominate the KL (as the reference does)
+    total = h.sum()
+    c = np.concatenate([[0.0], np.cumsum(h)])                         # prefix sums of counts,
+    z = np.concatenate([[0], np.cumsum(h > 0)])                      # of non-empty bins,
+    hl = np.where(h > 0, h * np.log(np.where(h > 0, h, 1.0)), 0.0)
+    lc = np.concatenate([[0.0], np.cumsum(hl)])                      # and of h log h
+    i = np.arange(start_bin, nb + 1, stride)                          # thresholds (bins kept)
+    q = np.arange(num_quant_bins + 1)
+    edges = (q[None, :] * i[:, None] + num_quant_bins - 1) // num_quant_bins   # group g: bins [e_g, e_g+1)
+    s = c[edges[:, 1:]] - c[edges[:, :-1]]                           # counts per group
+    nz = z[edges[:, 1:]] - z[edges[:, :-1]]                          # non-empty bins per group
+    kept = c[i]                                                       # sum of the first i bins (= sum of Q)
+    tail = total - kept
+    last = h[i - 1]
+    p_last = last + tail
+    # sum_j P_j log P_j: bins below i - 1 as they are, bin i - 1 with the tail folded in
+    plogp = (lc[i - 1] - np.log(total) * c[i - 1]) / total
+    plogp += np.where(p_last > 0, (p_last / total) * np.log(np.where(p_last > 0, p_last, 1.0) / total), 0.0)
+    # sum_j P_j log Q_j: Q_j = s_g / (nz_g * kept) on the non-empty bins of group g
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logq = np.where(nz > 0, np.log(s / np.maximum(nz, 1)) - np.log(kept)[:, None], 0.0)
+    plogq = np.sum(np.where(nz > 0, s / total * logq, 0.0), axis=1) + tail / total * logq[:, -1]
+    kl = plogp - plogq
+    kl[(last == 0) & (tail > 0)] = np.inf                             # P > 0 where Q = 0
+    # the last minimum (every candidate infinite: the last candidate, as the reference's argmin gives)
+    best = len(kl) - 1 if not np.isfinite(kl).any() else \
+        np.flatnonzero(kl <= kl.min() + 1e-12 * max(abs(kl.min()), 1e-12))[-1]
+    return float(i[best] * absmax / nb)
 
 
 def compute_amax(st: TensorStats, method: Method, percentile: float = 99.99) -> float:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import struct
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -141,6 +141,65 @@ def test_amax_methods_on_a_known_histogram():
     assert pct < amax_mse(hist, x.max()) < 40.0  # MSE weighs the outlier's clipping error
     assert 2.0 < amax_entropy(hist, x.max()) < 20.0
     assert amax_percentile(hist, x.max(), 100.0) == pytest.approx(x.max(), rel=1e-3)
+
+
+def _entropy(pk: np.ndarray, qk: np.ndarray) -> float:
+    """scipy.stats.entropy(pk, qk): both normalized, sum of rel_entr (inf where pk > 0 and qk = 0)."""
+    pk, qk = pk / pk.sum(), qk / qk.sum()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return float(np.where(pk > 0, np.where(qk > 0, pk * np.log(pk / qk), np.inf), 0.0).sum())
+
+
+def _reference_entropy_amax(calib_hist, calib_bin_edges, num_bits=8, unsigned=False, stride=1, start_bin=128):
+    """ModelOpt's _compute_amax_entropy (modelopt/torch/quantization/calib/histogram.py at 5a4242f, the code
+    pytorch-quantization's EntropyCalibration came from), transcribed line by line; scipy's entropy above."""
+    bins = calib_hist[:].copy()
+    bins[0] = bins[1]
+    divergences = []
+    nbins = 1 << (num_bits - 1 + int(unsigned))
+    starting = start_bin
+    stop = len(bins)
+    new_density_counts = np.zeros(nbins, dtype=np.float64)
+    for i in range(starting, stop + 1, stride):
+        new_density_counts.fill(0)
+        space = np.linspace(0, i, num=nbins + 1)
+        digitized_space = np.digitize(range(i), space) - 1
+        digitized_space[bins[:i] == 0] = -1
+        for idx, digitized in enumerate(digitized_space):
+            if digitized != -1:
+                new_density_counts[digitized] += bins[idx]
+        counter = Counter(digitized_space)
+        for key, val in counter.items():
+            if key != -1:
+                new_density_counts[key] = new_density_counts[key] / val
+        new_density = np.zeros(i, dtype=np.float64)
+        for idx, digitized in enumerate(digitized_space):
+            if digitized != -1:
+                new_density[idx] = new_density_counts[digitized]
+        reference_density = np.array(bins[: len(digitized_space)])
+        reference_density[-1] += np.sum(bins[i:])
+        divergences.append(_entropy(reference_density, new_density))
+    divergences = np.array(divergences)
+    last_argmin = len(divergences) - 1 - np.argmin(divergences[::-1])
+    return float(calib_bin_edges[last_argmin * stride + starting])
+
+
+def test_entropy_amax_is_the_reference_entropy_calibration():
+    rng = np.random.default_rng(0)
+    x = np.abs(np.concatenate([rng.normal(0, 1, 200_000), [40.0]]))     # Gaussian plus one outlier
+    hist, edges = np.histogram(x, bins=2048, range=(0, x.max()))
+    want = _reference_entropy_amax(hist, edges)
+    assert amax_entropy(hist, x.max()) == pytest.approx(want, rel=1e-12)
+    assert want == pytest.approx(4.2773, abs=1e-4)   # where adding 20*p for P > 0, Q = 0 picked 5.31
+    for seed, kind in enumerate(["outliers", "relu", "heavy", "t3", "outliers", "relu"]):   # smaller histograms
+        r = np.random.default_rng(seed)
+        v = {"outliers": lambda: np.concatenate([np.abs(r.normal(0, 1, 20000)), r.uniform(5, 30, 3)]),
+             "relu": lambda: np.maximum(r.normal(0, 1, 20000), 0),
+             "heavy": lambda: r.exponential(1, 5000) ** 2, "t3": lambda: np.abs(r.standard_t(3, 3000))}[kind]()
+        h, e = np.histogram(v, bins=256 + 64 * seed, range=(0, v.max()))
+        for stride in (1, 3):
+            assert amax_entropy(h, v.max(), stride=stride) == pytest.approx(
+                _reference_entropy_amax(h, e, stride=stride), rel=1e-12), (kind, seed, stride)
 
 
 def test_drift_is_reported_and_int8_stays_close(engines_dir: Path):
