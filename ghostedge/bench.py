@@ -19,12 +19,13 @@ from typing import Callable
 import numpy as np
 
 from .backends.base import BaseRunner
-from .data import class_folders, find_images, labelled_set, load_images, normalize
+from .data import class_folders, find_images, labelled_set
 from .drift import accuracy, compare, judge
 from .errors import CheckFailed, GhostedgeError
 from .manifest import cpu_flags, cpu_name, read_manifest, version_tuple
 from .model import ModelInfo, ModelSpec, check_against, load_model
-from .resources import check_batch, check_images
+from .resources import check_batch, check_logits
+from .stream import ImageSet, Streamed, with_reference
 
 
 @dataclass
@@ -43,6 +44,8 @@ class BenchConfig:
     max_eval_images: int = 0         # 0 = all
     cuda_graph: bool = False         # TensorRT: replay each batch shape from a captured CUDA graph
     spec: ModelSpec | None = None    # --preprocess / --classes: checked against what the engines carry
+    reference_cache: bool = True     # FP32 reference logits of an eval set cached per set (stream.py)
+    on_calibration_images: bool = False   # eval_dir is the calibration folder: a faithfulness check, not drift
 
 
 @dataclass
@@ -257,13 +260,14 @@ def environment(threads: int) -> dict:
     return env
 
 
-def _eval_inputs(cfg: BenchConfig, info: ModelInfo, size: int) -> tuple[np.ndarray, np.ndarray | None, str]:
+def _eval_set(cfg: BenchConfig, info: ModelInfo) -> ImageSet:
+    """The --eval images as files (streamed later, never all in memory), labelled when the folder has
+    class subfolders."""
     root = cfg.eval_dir
     try:
         dirs = class_folders(root)
     except GhostedgeError:
         dirs = []
-    pre = info.preprocess
     if dirs:
         ds = labelled_set(root, info.classes, info.wnids)
         paths, labels = ds.paths, np.asarray(ds.labels)
@@ -271,18 +275,14 @@ def _eval_inputs(cfg: BenchConfig, info: ModelInfo, size: int) -> tuple[np.ndarr
             sel = np.random.default_rng(0).choice(len(paths), cfg.max_eval_images, replace=False)
             sel.sort()
             paths, labels = [paths[i] for i in sel], labels[sel]
-        check_images(len(paths), size, f"--eval {root}", "pass --max-eval-images")
-        u8, kept, _ = load_images(paths, pre, size, what=f"eval images in {root}")
-        return normalize(u8, pre), labels[kept], f"{root} ({len(kept)} labelled images)"
+        return ImageSet(paths, labels, f"eval images in {root}", Path(root))
     paths = find_images(root)
     if not paths:
         raise GhostedgeError(f"--eval {root} has no images: pass an ImageFolder tree (<class>/<images>) or a "
                              "folder of images")
     if cfg.max_eval_images:
         paths = paths[:cfg.max_eval_images]
-    check_images(len(paths), size, f"--eval {root}", "pass --max-eval-images")
-    u8, _, _ = load_images(paths, pre, size, what=f"eval images in {root}")
-    return normalize(u8, pre), None, f"{root} ({len(u8)} unlabelled images: agreement only)"
+    return ImageSet(paths, None, f"eval images in {root}", Path(root))
 
 
 def _logits(runner: BaseRunner, x: np.ndarray, batch: int) -> np.ndarray:
@@ -301,13 +301,17 @@ def _logits(runner: BaseRunner, x: np.ndarray, batch: int) -> np.ndarray:
     return np.concatenate(outs)
 
 
-def bench(cfg: BenchConfig, say: Callable[[str], None] = lambda s: None) -> dict:
+def bench(cfg: BenchConfig, say: Callable[[str], None] = lambda s: None,
+          progress: Callable[[str, int, int], None] | None = None) -> dict:
     if not cfg.engines:
         raise GhostedgeError("no engine given: pass one or more .plan / .onnx files from ghostedge build")
     if any(b < 1 for b in cfg.batches):
         raise GhostedgeError("--batch sizes must be >= 1")
     if cfg.baseline not in ("torch", "none"):
         raise GhostedgeError(f"--baseline {cfg.baseline!r}: use torch or none")
+    if cfg.max_drop is not None and (cfg.eval_dir is None or cfg.on_calibration_images):
+        raise GhostedgeError("--max-drop needs --eval DIR (labelled images the calibration did not use): "
+                             "without them there is no drift to judge")
     opened = [(p, *open_runner(p, cfg.threads, cfg.cuda_graph)) for p in cfg.engines]
 
     # the model the engines were built from
@@ -351,7 +355,8 @@ def bench(cfg: BenchConfig, say: Callable[[str], None] = lambda s: None) -> dict
             raise GhostedgeError(f"{p.name} was built for {m['img_size']} px, not {size}: pass --img-size "
                                  f"{m['img_size']} or rebuild with --img-size {size}")
 
-    ev = None
+    ev: ImageSet | None = None
+    eval_size = None
     if cfg.eval_dir is not None:
         if info is None:
             raise GhostedgeError("--eval needs the model's classes: bench engines built by ghostedge")
@@ -360,7 +365,8 @@ def bench(cfg: BenchConfig, say: Callable[[str], None] = lambda s: None) -> dict
         fixed = {m.get("img_size") for p, _, m in opened if m and p.suffix != ".onnx" and m.get("img_size")}
         if fixed:
             eval_size = fixed.pop()
-        ev = _eval_inputs(cfg, info, eval_size)
+        ev = _eval_set(cfg, info)
+        check_logits(len(ev), info.num_classes, len(opened) + 1, f"--eval {cfg.eval_dir}")
 
     rng = np.random.default_rng(0)
     inputs = {b: rng.standard_normal((b, 3, size, size), dtype=np.float32) for b in cfg.batches}
@@ -371,58 +377,96 @@ def bench(cfg: BenchConfig, say: Callable[[str], None] = lambda s: None) -> dict
         with runner:
             for b in cfg.batches:
                 rep.timings[b] = time_runner(runner, inputs[b], cfg.warmup, cfg.iters, cfg.seconds)
-            if ev is not None:
-                rep.drift = {"_logits": _logits(runner, ev[0], max(cfg.batches))}
         for w in getattr(runner, "warnings", ()):
             say(f"warning: {p.name}: {w}")
         reports.append(rep)
 
     base = None
-    ref_logits = None
     if model is not None:
         from .backends.torch import TorchRunner
 
         base = EngineReport("pytorch", "torch", "fp32")
-        with TorchRunner(model, threads=cfg.threads) as tr:
-            if cfg.baseline == "torch":
+        if cfg.baseline == "torch":
+            with TorchRunner(model, threads=cfg.threads) as tr:
                 say("measuring the FP32 PyTorch baseline")
                 for b in cfg.batches:
                     base.timings[b] = time_runner(tr, inputs[b], cfg.warmup, cfg.iters, cfg.seconds)
-            if ev is not None:
-                ref_logits = _logits(tr, ev[0], 64)
 
     failed = []
     base_d: dict | None = None
+    streamed = None
     if ev is not None:
-        x_ev, labels, what = ev
-        for rep in reports:
-            d = compare(ref_logits, rep.drift.pop("_logits"), labels, info.classes)
+        streamed = _drift_pass(cfg, ev, info, eval_size, model, opened, progress, say)
+        labels = streamed.labels(ev)
+        ref_logits = streamed.logits["reference"]
+        for i, rep in enumerate(reports):
+            d = compare(ref_logits, streamed.logits[f"engine{i}"], labels, info.classes)
             rep.drift = {"top1": d.top1, "top5": d.top5, "top1_drop_pts": d.top1_drop_pts,
                          "agreement": d.agreement, "cosine": d.cosine, "kl": d.kl,
                          "fp32_right_engine_wrong": d.ref_right_engine_wrong,
                          "fp32_wrong_engine_right": d.ref_wrong_engine_right,
                          "drop_ci95": d.drop_ci95, "classes_lost_most": d.classes_lost_most}
-            if cfg.max_drop is not None:
+            if cfg.on_calibration_images:
+                rep.drift = {"calibration_agreement": d.agreement, "calibration_kl": d.kl}
+            elif cfg.max_drop is not None:
                 verdict = judge(d, cfg.max_drop)
                 rep.drift["gate"] = verdict.message
                 if verdict.fails:
                     failed.append(f"{Path(rep.path).name}: {verdict.message}")
-        if labels is not None:
+        if labels is not None and not cfg.on_calibration_images:
             acc = accuracy(ref_logits, labels)
             base_d = {"top1": acc.top1, "top5": acc.top5}
+    n_ev = len(streamed.kept) if streamed is not None else 0
+    what = None
+    if ev is not None:
+        what = (f"{cfg.eval_dir} ({n_ev} labelled images)" if ev.labels is not None
+                else f"{cfg.eval_dir} ({n_ev} unlabelled images: agreement only)")
     result = {
         "engines": [r.to_dict(base if base and base.timings else None) for r in reports],
         "baseline": ({**(base.to_dict() if base.timings else {"path": "pytorch", "backend": "torch",
                                                              "precision": "fp32"}), **(base_d or {})}
                      if base is not None else None),
-        "eval": ev[2] if ev else None,
-        "eval_img_size": int(ev[0].shape[-1]) if ev else None,
+        "eval": what if not cfg.on_calibration_images else None,
+        "eval_img_size": eval_size if ev is not None and not cfg.on_calibration_images else None,
         "img_size": size,
         "batches": list(cfg.batches),
         "environment": environment(cfg.threads),
         "gate": {"max_drop": cfg.max_drop, "failed": failed} if cfg.max_drop is not None else None,
     }
+    if cfg.on_calibration_images:
+        result["calibration_check"] = {
+            "images": f"{cfg.eval_dir} ({n_ev} calibration images)", "img_size": eval_size,
+            "note": CALIBRATION_NOTE}
     return result
+
+
+#: what agreement on the calibration images is, where pipeline had no --eval set
+CALIBRATION_NOTE = ("agreement with FP32 on the calibration images themselves (synthetic images in the shipped "
+                    "calib/): a check that each engine runs the calibration, not a drift estimate; pass --eval "
+                    "DIR (real labelled images) for drift")
+
+
+def _drift_pass(cfg: BenchConfig, ev: ImageSet, info: ModelInfo, size: int, model, opened,  # noqa: ANN001
+                progress: Callable[[str, int, int], None] | None, say: Callable[[str], None]) -> Streamed:
+    """One pass over the eval images, every engine (and the FP32 reference unless cached) on each batch."""
+    from contextlib import ExitStack
+
+    from .backends.torch import TorchRunner
+
+    batch = max(cfg.batches)
+    tick = (lambda d, t: progress("drift: eval images", d, t)) if progress else None
+    with ExitStack() as stack:
+        models = {}
+        for i, (_, runner, _) in enumerate(opened):
+            stack.enter_context(runner)
+            models[f"engine{i}"] = (lambda r: lambda xb: _logits(r, xb, batch))(runner)
+
+        def reference():  # noqa: ANN202
+            tr = stack.enter_context(TorchRunner(model, threads=cfg.threads))
+            return tr.infer
+
+        return with_reference(ev, info, info.preprocess, size, models, reference, batch, tick,
+                              use_cache=cfg.reference_cache, say=say)
 
 
 def gate(result: dict) -> None:

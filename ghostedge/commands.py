@@ -58,10 +58,32 @@ def train(
 
 
 def _progress():
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, \
+        TimeRemainingColumn
+    from rich.text import Text
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    console=err, transient=True)
+    class Rate(ProgressColumn):
+        """images/s for image streams (a task named '... images'), steps/s otherwise."""
+
+        def render(self, task) -> Text:  # noqa: ANN001
+            if not task.speed:
+                return Text("")
+            unit = "img/s" if task.description.endswith("images") else "/s"
+            return Text(f"{task.speed:,.0f} {unit}" if task.speed >= 10 else f"{task.speed:.1f} {unit}")
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), Rate(),
+                    TimeRemainingColumn(), console=err, transient=True)
+
+
+def _ticker(p):  # noqa: ANN001,ANN202  (rich Progress -> (what, done, total) callback)
+    tasks: dict[str, int] = {}
+
+    def tick(what: str, done: int, total: int) -> None:
+        if what not in tasks:
+            tasks[what] = p.add_task(what, total=total)
+        p.update(tasks[what], completed=done, total=total)
+
+    return tick
 
 
 def _say(s: str) -> None:
@@ -84,14 +106,14 @@ def _quantize_with_progress(cfg):  # noqa: ANN001,ANN202  (QuantizeConfig -> Qua
     from .quantize import quantize as run_quantize
 
     with _progress() as p:
-        tasks: dict[str, int] = {}
+        return run_quantize(cfg, progress=_ticker(p), say=_say)
 
-        def tick(what: str, done: int, total: int) -> None:
-            if what not in tasks:
-                tasks[what] = p.add_task(what, total=total)
-            p.update(tasks[what], completed=done, total=total)
 
-        return run_quantize(cfg, progress=tick, say=_say)
+def _bench_with_progress(cfg):  # noqa: ANN001,ANN202  (BenchConfig -> result dict)
+    from .bench import bench as run_bench
+
+    with _progress() as p:
+        return run_bench(cfg, say=_say, progress=_ticker(p))
 
 
 @app.command()
@@ -417,7 +439,8 @@ def _parse_batches(batch: str) -> tuple[int, ...]:
 
 
 def _bench_cfg(engines: list[Path], batch: str, img_size, warmup, iters, seconds, threads, baseline,  # noqa: ANN001
-               eval_dir, max_drop, weights, max_eval_images, cuda_graph=False, spec=None):  # noqa: ANN001
+               eval_dir, max_drop, weights, max_eval_images, cuda_graph=False, spec=None,  # noqa: ANN001
+               reference_cache=True, on_calibration_images=False):  # noqa: ANN001
     from .bench import BenchConfig
 
     batches = _parse_batches(batch)
@@ -425,7 +448,8 @@ def _bench_cfg(engines: list[Path], batch: str, img_size, warmup, iters, seconds
         raise GhostedgeError("--iters must be >= 1")
     return BenchConfig(engines=engines, batches=batches, img_size=img_size, warmup=warmup, iters=iters,
                        seconds=seconds, threads=threads, baseline=baseline, eval_dir=eval_dir, max_drop=max_drop,
-                       weights=weights, max_eval_images=max_eval_images, cuda_graph=cuda_graph, spec=spec)
+                       weights=weights, max_eval_images=max_eval_images, cuda_graph=cuda_graph, spec=spec,
+                       reference_cache=reference_cache, on_calibration_images=on_calibration_images)
 
 
 def _render_bench(res: dict, as_json: bool, report: Optional[Path], plot: Optional[Path]) -> None:
@@ -463,19 +487,24 @@ def bench(
     preprocess: PreprocessOpt = None,
     classes: ClassesOpt = None,
     cuda_graph: Annotated[bool, typer.Option(help="TensorRT: replay captured CUDA graphs")] = False,
+    reference_cache: Annotated[bool, typer.Option(
+        help="reuse the FP32 reference logits of an --eval set seen before (cached by the set's, the weights' "
+             "and the preprocessing's fingerprint in ~/.cache/ghostedge/reference-logits, or "
+             "$GHOSTEDGE_CACHE_DIR)")] = True,
     as_json: JsonOpt = False,
     report: Annotated[Optional[Path], typer.Option(help="write a Markdown report")] = None,
     plot: Annotated[Optional[Path], typer.Option(help="write a PNG plot")] = None,
 ) -> None:
     """Throughput, latency and accuracy drift of engines vs the FP32 PyTorch model, in one run."""
-    from .bench import bench as run_bench, gate
+    from .bench import gate
     from .report import check_plot_available
 
     if plot:
         check_plot_available()
     cfg = _bench_cfg(engines, batch, img_size, warmup, iters, seconds, threads, baseline, eval_dir, max_drop,
-                     weights, max_eval_images, cuda_graph, model_spec(None, preprocess, classes))
-    res = run_bench(cfg, say=_say)
+                     weights, max_eval_images, cuda_graph, model_spec(None, preprocess, classes),
+                     reference_cache)
+    res = _bench_with_progress(cfg)
     _render_bench(res, as_json, report, plot)
     gate(res)
 
@@ -505,7 +534,7 @@ def pipeline(
     as_json: JsonOpt = False,
 ) -> None:
     """quantize -> build (TensorRT on a GPU, ONNX Runtime otherwise) -> bench with drift, one report."""
-    from .bench import bench as run_bench, gate
+    from .bench import gate
     from .build import Backend, BuildConfig, Precision, build as run_build
     from .calibrate import Method
     from .quantize import QuantizeConfig, cache_trt_for
@@ -513,6 +542,9 @@ def pipeline(
 
     if plot:
         check_plot_available()
+    if max_drop is not None and eval_dir is None:
+        raise GhostedgeError("--max-drop needs --eval DIR (labelled images the calibration did not use): without "
+                             "it pipeline can only compare engines on the calibration images, which is not drift")
     try:
         m, be = Method(method), Backend(backend)
     except ValueError:
@@ -524,7 +556,9 @@ def pipeline(
                                                spec=model_spec(num_classes, preprocess, classes), method=m,
                                                num_images=num_images, batch=calib_batch, threads=threads,
                                                trt_version=cache_trt_for()))
-    _say(f"  INT8 vs FP32 on {q.drift_set}: agreement {q.drift.agreement:.2f}%")
+    _say(f"  INT8 vs FP32 on {q.drift_set}: agreement {q.drift.agreement:.2f}%"
+         + ("" if eval_dir else " (calibration-folder images: a faithfulness check, not a drift estimate; pass "
+                                "--eval DIR for drift)"))
     _say("[2/3] build")
     from .build import choose_backend
 
@@ -540,9 +574,12 @@ def pipeline(
         _say(f"  {r.engine} ({r.backend}, {r.precision})")
         built.append(r.engine)
     _say("[3/3] bench")
+    # without --eval the engines are still run on calibration-folder images (at most --num-images), reported
+    # apart as a faithfulness check: never as drift, never in the gate
     cfg = _bench_cfg(built, batch, img_size, 3, None, seconds, threads, "torch", eval_dir or calib, max_drop,
-                     weights, max_eval_images)
-    res = run_bench(cfg, say=_say)
+                     weights, max_eval_images or (0 if eval_dir else num_images),
+                     on_calibration_images=eval_dir is None)
+    res = _bench_with_progress(cfg)
     res["quantize"] = q.to_dict()
     _render_bench(res, as_json, report, plot)
     gate(res)

@@ -162,24 +162,40 @@ def drop_interval(d: DriftResult, conf: float = 0.95) -> tuple[float, float]:
     return 100.0 * lo, 100.0 * hi
 
 
+#: rows compared at a time (float64 softmaxes of 50,000 x 1,000 logits would be gigabytes)
+COMPARE_ROWS = 4096
+
+
 def compare(ref: np.ndarray, got: np.ndarray, labels: np.ndarray | None = None,
             class_names: list[str] | None = None) -> DriftResult:
-    ref = ref.astype(np.float64)
-    got = got.astype(np.float64)
-    pr, pg = _softmax(ref), _softmax(got)
+    n = len(ref)
+    kl = cos = agree = 0.0
+    max_abs = 0.0
+    r1 = np.zeros(n, bool)
+    g1 = np.zeros(n, bool)
+    r5 = g5 = 0
     eps = 1e-12
-    kl = float(np.mean(np.sum(pr * (np.log(pr + eps) - np.log(pg + eps)), axis=1)))
-    cos = float(np.mean(np.sum(ref * got, 1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(got, axis=1) + eps)))
-    agree = float((ref.argmax(1) == got.argmax(1)).mean() * 100)
-    res = DriftResult(n=len(ref), agreement=agree, cosine=cos, kl=kl,
-                      max_abs_logit_diff=float(np.abs(ref - got).max()) if len(ref) else 0.0)
     if labels is not None:
         labels = np.asarray(labels)
-        r1, g1 = topk_correct(ref, labels, 1), topk_correct(got, labels, 1)
+    for i in range(0, n, COMPARE_ROWS):
+        rr, gg = ref[i:i + COMPARE_ROWS].astype(np.float64), got[i:i + COMPARE_ROWS].astype(np.float64)
+        pr, pg = _softmax(rr), _softmax(gg)
+        kl += float(np.sum(pr * (np.log(pr + eps) - np.log(pg + eps))))
+        cos += float(np.sum(np.sum(rr * gg, 1) / (np.linalg.norm(rr, axis=1) * np.linalg.norm(gg, axis=1) + eps)))
+        agree += float((rr.argmax(1) == gg.argmax(1)).sum())
+        max_abs = max(max_abs, float(np.abs(rr - gg).max()))
+        if labels is not None:
+            y = labels[i:i + COMPARE_ROWS]
+            r1[i:i + len(y)], g1[i:i + len(y)] = topk_correct(rr, y, 1), topk_correct(gg, y, 1)
+            r5 += int(topk_correct(rr, y, 5).sum())
+            g5 += int(topk_correct(gg, y, 5).sum())
+    m = max(n, 1)
+    res = DriftResult(n=n, agreement=agree / m * 100, cosine=cos / m if n else float("nan"),
+                      kl=kl / m if n else float("nan"), max_abs_logit_diff=max_abs)
+    if labels is not None:
         res.labelled = True
         res.ref_top1, res.top1 = float(r1.mean() * 100), float(g1.mean() * 100)
-        res.ref_top5 = float(topk_correct(ref, labels, 5).mean() * 100)
-        res.top5 = float(topk_correct(got, labels, 5).mean() * 100)
+        res.ref_top5, res.top5 = r5 / m * 100, g5 / m * 100
         res.top1_drop_pts = res.ref_top1 - res.top1
         res.ref_right_engine_wrong = int((r1 & ~g1).sum())
         res.ref_wrong_engine_right = int((~r1 & g1).sum())

@@ -19,16 +19,17 @@ import torch
 
 from . import __version__
 from .calibrate import Method, TensorStats, collect_stats, compute_amax
-from .data import LabelledSet, batches, fingerprint_files, labelled_set, load_images, normalize, sample_images
+from .data import batches, fingerprint_files, labelled_set, load_images, normalize, sample_images
 from .drift import DriftResult, compare, judge
-from .estimate import MEASURED_WITH, qdq_logits
+from .estimate import MEASURED_WITH, estimate_session, qdq_logits
 from .errors import GhostedgeError, write_bytes_atomic, write_text_atomic
 from .export import INPUT_NAME, export_onnx, onnx_is_current, ort_session
-from .model import GhostNet, ModelInfo, ModelSpec, load_model
-from .resources import check_batch, check_images
+from .model import GhostNet, ModelSpec, load_model
+from .resources import check_batch, check_images, check_logits
 from .qdq import QMAX, implicit_cache_tensors, insert_qdq, off_grid_channels, plan_placement, quantizable_nodes, \
     strip_qdq
 from .refine import RefineConfig, Refined, Unsupported, apply_weights, refine
+from .stream import ImageSet, stream_logits, with_reference
 
 FP32_NAME = "ghostnet.onnx"
 INT8_NAME = "ghostnet.int8.onnx"
@@ -156,15 +157,26 @@ def ort_logits(proto_or_path, x: np.ndarray, batch: int = 64, threads: int = 0) 
     return np.concatenate([sess.run(None, {name: xb})[0] for xb in batches(x, batch)])
 
 
+def qdq_runner(graph: onnx.ModelProto, threads: int = 0) -> Callable[[np.ndarray], np.ndarray]:
+    """One session running a Q/DQ graph with TensorRT's arithmetic (``estimate``), as a batch -> logits
+    callable for streamed images."""
+    sess = estimate_session(graph, threads=threads)
+    name = sess.get_inputs()[0].name
+    return lambda xb: sess.run(None, {name: xb})[0]
+
+
+def torch_runner(model: GhostNet) -> Callable[[np.ndarray], np.ndarray]:
+    def run(xb: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return model(torch.from_numpy(xb)).numpy()
+
+    return run
+
+
 # ---------------------------------------------------------------------------------------------
 
 def _excluded_nodes(fp32: onnx.ModelProto, patterns: tuple[str, ...]) -> list[str]:
     return [n for n in quantizable_nodes(fp32) if any(p in n for p in patterns)]
-
-
-def _eval_arrays(ds: LabelledSet, info: ModelInfo) -> tuple[np.ndarray, np.ndarray]:
-    u8, kept, _ = load_images(ds.paths, info.preprocess, what=f"eval images in {ds.root}")
-    return normalize(u8, info.preprocess), np.asarray([ds.labels[i] for i in kept])
 
 
 def amax_table(stats: dict[str, TensorStats], method: Method, percentile: float) -> dict[str, float]:
@@ -179,14 +191,24 @@ def qdq_model(fp32: onnx.ModelProto, excluded: set[str], refined: Refined) -> on
 
 
 #: the --max-drop search: nodes ranked on this many calibration images, then at most MAX_SEARCH_TRIES of
-#: them measured on the drift images, most damaging first
+#: them measured on the search half of the drift images, most damaging first
 SENSITIVITY_IMAGES = 32
 MAX_SEARCH_TRIES = 12
 
 
 def _step(d: DriftResult) -> dict:
-    """One row of the --max-drop search: where the drift stands."""
-    return {"drop": round(d.drop, 3), "ci95": d.drop_ci95, "agreement": round(d.agreement, 2), "kl": d.kl}
+    """One row of the --max-drop search: where the drift stands, on how many images."""
+    return {"drop": round(d.drop, 3), "ci95": d.drop_ci95, "agreement": round(d.agreement, 2), "kl": d.kl,
+            "images": d.n}
+
+
+def search_verdict_split(n: int, labels: np.ndarray | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Two disjoint halves of n drift images (class by class when labelled): the --max-drop search chooses
+    layers on the first, the verdict is judged on the second, so the choice cannot flatter the verdict."""
+    perm = np.random.default_rng(seed).permutation(n)
+    if labels is not None:
+        perm = perm[np.argsort(np.asarray(labels)[perm], kind="stable")]
+    return np.sort(perm[0::2]), np.sort(perm[1::2])
 
 
 def sensitivity(fp32: onnx.ModelProto, excluded: set[str], refined: Refined, x: np.ndarray, ref: np.ndarray,
@@ -222,8 +244,7 @@ def quantize(cfg: QuantizeConfig, progress: Callable[[str, int, int], None] | No
     model, info = load_model(cfg.weights, cfg.num_classes, spec=cfg.spec)
     pre = info.preprocess
     check_batch(cfg.batch, pre.input_size, info.width)
-    check_images(cfg.num_images + cfg.holdout, pre.input_size, "--num-images",
-                 "use fewer calibration images (256-1024 are plenty)")
+    check_images(cfg.num_images, pre.input_size, "--num-images", "use fewer calibration images (256-1024 are plenty)")
 
     # calibration images (+ held-out images for label-free drift)
     picked = sample_images(cfg.calib, cfg.num_images + cfg.holdout, cfg.seed)
@@ -239,8 +260,8 @@ def quantize(cfg: QuantizeConfig, progress: Callable[[str, int, int], None] | No
     x_cal = normalize(u8, pre)
 
     eval_ds = labelled_set(cfg.eval_dir, info.classes, info.wnids) if cfg.eval_dir else None
-    if eval_ds is not None:
-        check_images(len(eval_ds.paths), pre.input_size, f"--eval {cfg.eval_dir}", "evaluate on a smaller set")
+    if eval_ds is not None:   # streamed: only the logits of FP32, INT8 and one search candidate are held
+        check_logits(len(eval_ds.paths), info.num_classes, 3, f"--eval {cfg.eval_dir}")
 
     # FP32 ONNX (exported when missing or made from other weights)
     fp32_path = cfg.out / FP32_NAME
@@ -270,32 +291,50 @@ def quantize(cfg: QuantizeConfig, progress: Callable[[str, int, int], None] | No
         refined = Refined(amax=base_amax)
     amax = refined.amax
 
-    # the images drift is measured on
+    # the images drift is measured on, streamed from their files
     if eval_ds is not None:
-        x_ev, y_ev = _eval_arrays(eval_ds, info)
-        drift_set = f"{cfg.eval_dir} ({len(x_ev)} labelled images)"
+        drift_imgs = ImageSet(eval_ds.paths, np.asarray(eval_ds.labels), f"eval images in {cfg.eval_dir}",
+                              Path(cfg.eval_dir))
+        where = f"{cfg.eval_dir}"
+    elif hold_paths:
+        drift_imgs = ImageSet(hold_paths, None, f"held-out images in {cfg.calib}", Path(cfg.calib))
+        where = f"held-out images of {cfg.calib} (not used for calibration)"
     else:
-        y_ev = None
-        if hold_paths:
-            hu8, hk, _ = load_images(hold_paths, pre, what=f"held-out images in {cfg.calib}")
-            x_ev = normalize(hu8, pre)
-            drift_set = f"{len(x_ev)} held-out images of {cfg.calib} (not used for calibration)"
-        else:
-            x_ev = x_cal
-            drift_set = f"the {len(x_cal)} calibration images themselves (no held-out images left in {cfg.calib})"
-    ref = torch_logits(model, x_ev)
+        drift_imgs = ImageSet(calib_paths, None, f"calibration images in {cfg.calib}", Path(cfg.calib))
+        where = f"the calibration images themselves (no held-out images left in {cfg.calib})"
+
+    def stream(images: ImageSet, graph: onnx.ModelProto, what: str) -> np.ndarray:
+        got = stream_logits(images, pre, pre.input_size, {"int8": qdq_runner(graph, cfg.threads)}, cfg.batch,
+                            lambda d, t: tick(what, d, t)).logits["int8"]
+        if len(got) != len(images):
+            raise GhostedgeError(f"{images.what}: images that decoded before no longer do: rerun quantize")
+        return got
 
     q = qdq_model(fp32, set(excluded), refined)
-    drift = compare(ref, qdq_logits(q, x_ev, threads=cfg.threads), y_ev, info.classes)
+    first = with_reference(drift_imgs, info, pre, pre.input_size, {"int8": qdq_runner(q, cfg.threads)},
+                           lambda: torch_runner(model), cfg.batch, lambda d, t: tick("drift: FP32 + INT8 on images", d, t),
+                           say=say)
+    ref, got, y_ev = first.logits["reference"], first.logits["int8"], first.labels(drift_imgs)
+    kept_imgs = drift_imgs.subset(first.kept, drift_imgs.what)
+    drift = compare(ref, got, y_ev, info.classes)
+    labelled = "labelled " if y_ev is not None else ""
+    drift_set = f"{where} ({len(got)} {labelled}images)" if eval_ds is not None else f"{len(got)} {where}"
 
     sens_rows: list[dict] = []
     steps: list[dict] = []
     gate = None
+    search: dict | None = None
     if cfg.max_drop is not None:
         verdict = judge(drift, cfg.max_drop)
         steps.append({"kept_float": 0, **_step(drift)})
         if verdict.fails:
             t_s = time.time()
+            s_idx, v_idx = search_verdict_split(len(got), y_ev, cfg.seed)
+            if len(v_idx) == 0:          # one image: nothing to hold out; the verdict is then on the search image
+                v_idx = s_idx
+            y_s = None if y_ev is None else y_ev[s_idx]
+            search_imgs = kept_imgs.subset(s_idx, f"search half of the {drift_imgs.what}")
+            d_search = compare(ref[s_idx], got[s_idx], y_s, info.classes)
             x_s = x_cal[:SENSITIVITY_IMAGES]
             sens_rows = sensitivity(fp32, set(excluded), refined, x_s, torch_logits(model, x_s), cfg.threads,
                                     lambda i, n: tick("ranking layers", i, n))
@@ -303,21 +342,37 @@ def quantize(cfg: QuantizeConfig, progress: Callable[[str, int, int], None] | No
             tries = [r["node"] for r in sens_rows if r["kl_gain"] > 0][:MAX_SEARCH_TRIES]
             for i, node in enumerate(tries):
                 tick("keeping sensitive layers in float", i + 1, len(tries))
-                if not judge(drift, cfg.max_drop).fails:
+                if not judge(d_search, cfg.max_drop).fails:
                     break
                 q_try = qdq_model(fp32, set(excluded) | set(extra) | {node}, refined)
-                d_try = compare(ref, qdq_logits(q_try, x_ev, threads=cfg.threads), y_ev, info.classes)
-                kept = d_try.kl < drift.kl
+                d_try = compare(ref[s_idx], stream(search_imgs, q_try, "search: INT8 on images"), y_s, info.classes)
+                kept = d_try.kl < d_search.kl
                 steps.append({"kept_float": len(extra) + kept, "node": node, "kept": kept, **_step(d_try)})
                 if kept:
                     extra.append(node)
-                    q, drift = q_try, d_try
+                    q, d_search = q_try, d_try
             excluded += extra
-            say(f"--max-drop search: tried {len(steps) - 1} layer(s) in float, kept {len(extra)}, "
-                f"in {time.time() - t_s:.0f}s")
+            say(f"--max-drop search: tried {len(steps) - 1} layer(s) in float on {len(s_idx)} images, kept "
+                f"{len(extra)}, in {time.time() - t_s:.0f}s")
+            search = {"search_images": len(s_idx), "search_drop": round(d_search.drop, 3)}
+            if extra:
+                # the verdict: the chosen graph on the images the search did not see
+                held = v_idx is not s_idx
+                got_v = stream(kept_imgs.subset(v_idx, f"verdict half of the {drift_imgs.what}"), q,
+                               "verdict: INT8 on images")
+                drift = compare(ref[v_idx], got_v, None if y_ev is None else y_ev[v_idx], info.classes)
+                drift_set = (f"{len(v_idx)} verdict images of {where} (the other {len(s_idx)} chose the layers "
+                             "kept in float)" if held else f"{drift_set}, the image the search used: optimistic")
+                search.update(verdict_images=len(v_idx), held_out=held, verdict_drop=round(drift.drop, 3),
+                              optimism_pts=round(drift.drop - d_search.drop, 3))
+                say(f"  verdict on {drift_set}: drop {drift.drop:+.2f} there, {d_search.drop:+.2f} on the "
+                    "search images")
+            else:   # nothing chosen: the graph is the one first judged, on every drift image
+                search.update(verdict_images=len(got), held_out=False, verdict_drop=round(drift.drop, 3),
+                              optimism_pts=0.0)
         verdict = judge(drift, cfg.max_drop)
         gate = {"max_drop": cfg.max_drop, "fails": verdict.fails, "above": verdict.above,
-                "message": verdict.message}
+                "message": verdict.message, "judged_on": drift_set, "search": search}
 
     # the implicit-INT8 (calibration cache) path builds the same model: the Q/DQ graph's weights, and ranges for
     # the tensors the Q/DQ graph quantizes only (not the squeeze-excite tensors, not the --max-drop exclusions)

@@ -69,6 +69,15 @@ def bench_tables(result: dict) -> list[Table]:
                       _i(r.get("fp32_right_engine_wrong")), _i(r.get("fp32_wrong_engine_right")))
         a.caption = "drop in points; lost / won: images FP32 got right and the engine wrong, and the reverse"
         tables.append(a)
+    cc = result.get("calibration_check")
+    if cc:
+        c = Table(title=f"Not drift: agreement on {cc['images']}", title_justify="left")
+        for col in ("engine", "agree %", "KL"):
+            c.add_column(col, justify="left" if col == "engine" else "right", no_wrap=True)
+        for r in result["engines"]:
+            c.add_row(engine_label(r), _f(r.get("calibration_agreement")), _f(r.get("calibration_kl"), 4))
+        c.caption = cc["note"]
+        tables.append(c)
     return tables
 
 
@@ -133,6 +142,12 @@ def bench_markdown(result: dict) -> str:
     if g:
         lines += ["", f"Gate --max-drop {g['max_drop']}: " + ("FAILED: " + "; ".join(g["failed"])
                                                              if g["failed"] else "passed")]
+    cc = result.get("calibration_check")
+    if cc:
+        lines += ["", f"## Not a drift estimate: agreement on {cc['images']}", "", cc["note"][0].upper() + cc["note"][1:]
+                  + ".", "", "| engine | agreement % with FP32 | KL |", "|---|---:|---:|"]
+        lines += [f"| {Path(r['path']).name} | {_f(r.get('calibration_agreement'))} | {_f(r.get('calibration_kl'), 5)} |"
+                  for r in result["engines"]]
     return "\n".join(lines) + "\n"
 
 

@@ -61,3 +61,9 @@ def check_batch(batch: int, size: int, width: float = 1.0, option: str = "--batc
 def check_images(n: int, size: int, what: str, fix: str) -> None:
     """n images held at once as float32 (plus their uint8 decode)."""
     check_memory(input_bytes(n, size) + input_bytes(n, size) // 4, f"{what} ({n} images at {size} px)", fix)
+
+
+def check_logits(n: int, classes: int, models: int, what: str) -> None:
+    """The logits a streamed drift pass keeps: n x classes float32 per model."""
+    check_memory(4 * n * classes * models, f"{what} ({n} images x {classes} classes x {models} models of logits)",
+                 "use fewer images (--max-eval-images)")

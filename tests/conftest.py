@@ -38,6 +38,20 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         pytest.skip("needs a CUDA GPU with TensorRT (run these on the target board)")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _reference_cache(tmp_path_factory: pytest.TempPathFactory):
+    """The FP32 reference-logit cache of every test (and of the CLI it starts) in a temporary folder."""
+    import os
+
+    old = os.environ.get("GHOSTEDGE_CACHE_DIR")
+    os.environ["GHOSTEDGE_CACHE_DIR"] = str(tmp_path_factory.mktemp("ghostedge-cache"))
+    yield
+    if old is None:
+        os.environ.pop("GHOSTEDGE_CACHE_DIR", None)
+    else:
+        os.environ["GHOSTEDGE_CACHE_DIR"] = old
+
+
 WNIDS = ["n01440764", "n02102040", "n02979186"]
 
 

@@ -236,10 +236,35 @@ def test_max_drop_search_tries_the_measured_most_damaging_layers(tmp_path: Path,
             kl = st["kl"]
             kept.append(st["node"])
     assert res.gate["fails"] and [n for n in res.excluded if "/se/" not in n] == kept
+    # the layers were chosen on one half of the 6 held-out images, the verdict judged on the other half
+    assert res.mixed_precision_steps[0]["images"] == 6
+    assert all(st["images"] == 3 for st in res.mixed_precision_steps[1:])
+    sr = res.gate["search"]
+    assert sr["search_images"] == 3
+    if kept:
+        assert res.drift.n == 3 and sr["verdict_images"] == 3 and sr["held_out"]
+        assert "3 verdict images" in res.drift_set and "the other 3 chose" in res.drift_set
+    else:                                        # nothing chosen: the first graph, judged on every image
+        assert res.drift.n == 6 and not sr["held_out"]
     m = onnx.load(str(tmp_path / INT8_NAME))
     by_name = {n.name: n for n in m.graph.node}
     for node in kept:
         assert not any(t.endswith("_dequantized") for t in by_name[node].input), node
+
+
+def test_search_and_verdict_halves_are_disjoint_and_balanced():
+    from ghostedge.quantize import search_verdict_split
+
+    labels = np.repeat(np.arange(10), [50, 51, 49, 50, 50, 10, 90, 50, 50, 50])
+    s, v = search_verdict_split(len(labels), labels, seed=0)
+    assert not set(s) & set(v) and set(s) | set(v) == set(range(len(labels)))
+    assert abs(len(s) - len(v)) <= 1
+    for c in range(10):                          # each class split evenly between the halves
+        assert abs(int((labels[s] == c).sum()) - int((labels[v] == c).sum())) <= 1
+    s2, v2 = search_verdict_split(len(labels), labels, seed=0)
+    assert (s == s2).all() and (v == v2).all()   # deterministic per seed
+    s, v = search_verdict_split(7, None, seed=1)
+    assert sorted(np.concatenate([s, v])) == list(range(7))
 
 
 @pytest.mark.parametrize("case", ["missing", "empty", "no_images", "too_few", "bad_eval"])
