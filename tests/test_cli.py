@@ -179,7 +179,21 @@ def test_pipeline_runs_end_to_end(tmp_path: Path, tiny_weights: Path, image_fold
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
     assert [e["precision"] for e in d["engines"]] == ["fp32", "int8"] and d["quantize"]["drift"]["n"] > 0
-    assert (eng / "report.md").is_file()
+    # no --eval: agreement on the calibration folder, reported apart as what it is, never as drift
+    assert d["eval"] is None and d["eval_img_size"] is None and "not a drift estimate" in d["calibration_check"]["note"]
+    for e in d["engines"]:
+        assert "agreement" not in e and "top1" not in e and 0 <= e["calibration_agreement"] <= 100
+    md = (eng / "report.md").read_text()
+    assert "## Accuracy" not in md and "## Not a drift estimate" in md and "--eval DIR" in md
+    assert "not a drift estimate" in r.stderr
+    r = ge("pipeline", "--calib", str(image_folder), "--weights", str(tiny_weights), "--engines", str(tmp_path / "e2"),
+           "--max-drop", "1")
+    assert r.returncode == 2 and "--max-drop needs --eval" in r.stderr and not (tmp_path / "e2").exists()
+
+
+def test_bench_max_drop_without_eval_is_an_error(engines_dir: Path):
+    r = ge("bench", str(engines_dir / "ghostnet.int8.onnx"), "--max-drop", "1", "--iters", "1")
+    assert r.returncode == 2 and "--max-drop needs --eval" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_torch_tensorrt_frontend_without_it_is_a_clear_error(engines_copy: Path):

@@ -91,3 +91,110 @@ def test_interval_is_where_the_corrected_statistic_is_within_z():
     assert lo == pytest.approx(-hi) and 0.05 < hi < 0.3
     lo, hi = paired_drop_interval(21, 11, 3925)        # the reference model's 0.6 figures: +0.25, not significant
     assert lo < 0 < 0.25 < hi < 0.7
+
+
+# ---------------------------------------------------------------------------------------------
+# streamed drift and the FP32 reference cache
+
+def _set(folder):
+    from ghostedge.data import labelled_set
+    from ghostedge.stream import ImageSet
+
+    from .conftest import WNIDS
+
+    ds = labelled_set(folder, ["a", "b", "c"], WNIDS)
+    return ImageSet(ds.paths, np.asarray(ds.labels), f"images in {folder}", folder)
+
+
+def _mean_pixel(xb: np.ndarray) -> np.ndarray:
+    return xb.mean(axis=(2, 3)).astype(np.float32)          # a 3-"class" model that sees every pixel
+
+
+def test_streamed_logits_are_the_in_memory_ones_in_order(image_folder):
+    from ghostedge.data import load_images, normalize
+    from ghostedge.model import Preprocess
+    from ghostedge.stream import stream_logits
+
+    images, pre = _set(image_folder), Preprocess(input_size=32)
+    u8, kept, _ = load_images(images.paths, pre)
+    want = _mean_pixel(normalize(u8, pre))
+    seen = []
+    res = stream_logits(images, pre, 32, {"m": _mean_pixel}, batch=4, progress=lambda d, t: seen.append((d, t)),
+                        workers=2)
+    np.testing.assert_array_equal(res.logits["m"], want)
+    assert res.kept.tolist() == kept and not res.skipped
+    assert seen[-1] == (len(images), len(images)) and [d for d, _ in seen] == sorted(d for d, _ in seen)
+
+
+def test_stream_skips_unreadable_files_and_keeps_labels_aligned(tmp_path):
+    from ghostedge.model import Preprocess
+    from ghostedge.stream import stream_logits
+
+    from .conftest import WNIDS, make_image_folder
+
+    folder = make_image_folder(tmp_path / "s", per_class=5)
+    (folder / WNIDS[1] / "img_0.JPEG").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    images = _set(folder)
+    with pytest.warns(UserWarning, match="skipped 1 unreadable"):
+        res = stream_logits(images, Preprocess(input_size=32), 32, {"m": _mean_pixel}, batch=4)
+    bad = [i for i, p in enumerate(images.paths) if p.name == "img_0.JPEG" and p.parent.name == WNIDS[1]][0]
+    assert bad not in res.kept and len(res.kept) == len(images) - 1 and len(res.logits["m"]) == len(res.kept)
+    assert (res.labels(images) == images.labels[res.kept]).all()
+
+
+def test_decode_stays_a_bounded_number_of_batches_ahead(image_folder, monkeypatch):
+    import ghostedge.stream as st
+    from ghostedge.model import Preprocess
+
+    started = []
+    real = st.decode_images
+    monkeypatch.setattr(st, "decode_images", lambda paths, pre, size: (started.append(1), real(paths, pre, size))[1])
+    images = _set(image_folder)                              # 18 images: 18 batches of one
+    ahead = []
+    for i, _ in enumerate(st.decoded_batches(images.paths, Preprocess(input_size=32), 32, batch=1, workers=2,
+                                             ahead=3)):
+        import time
+
+        time.sleep(0.02)                                     # a slow consumer: the decoders must wait for it
+        ahead.append(len(started) - (i + 1))
+    assert len(started) == len(images) and max(ahead) <= 3
+
+
+def test_reference_logits_are_computed_once_per_set_model_and_preprocessing(tmp_path, monkeypatch):
+    import shutil
+
+    from ghostedge.model import ModelInfo, Preprocess
+    from ghostedge.stream import reference_cache_dir, with_reference
+
+    from .conftest import make_image_folder
+
+    monkeypatch.setenv("GHOSTEDGE_CACHE_DIR", str(tmp_path / "cache"))
+    folder = make_image_folder(tmp_path / "s", per_class=3)
+    images, pre = _set(folder), Preprocess(input_size=32)
+    info = ModelInfo(width=0.5, num_classes=3, fingerprint="w1", preprocess=pre)
+    made = []
+
+    def reference():
+        made.append(1)
+        return lambda xb: _mean_pixel(xb) * 2
+
+    def run(inf=info, p=pre):
+        return with_reference(images, inf, p, 32, {"e": _mean_pixel}, reference, batch=4)
+
+    first = run()
+    second = run()
+    assert len(made) == 1 and list(reference_cache_dir().glob("*.npz"))
+    np.testing.assert_array_equal(first.logits["reference"], second.logits["reference"])
+    np.testing.assert_array_equal(second.logits["reference"], second.logits["e"] * 2)
+    run(ModelInfo(width=0.5, num_classes=3, fingerprint="w2", preprocess=pre))        # other weights
+    run(p=Preprocess(input_size=32, interpolation="bicubic"))                         # other preprocessing
+    assert len(made) == 3
+    victim = images.paths[0]                                  # same names, one file's content changed
+    shutil.copy(images.paths[1], victim)
+    run()
+    assert len(made) == 4
+    (tmp_path / "not-a-folder").write_text("")               # a cache that cannot be written is no error
+    monkeypatch.setenv("GHOSTEDGE_CACHE_DIR", str(tmp_path / "not-a-folder"))
+    run()
+    run()
+    assert len(made) == 6
