@@ -396,7 +396,9 @@ def bench(cfg: BenchConfig, say: Callable[[str], None] = lambda s: None,
     base_d: dict | None = None
     streamed = None
     if ev is not None:
+        t_ev = time.perf_counter()
         streamed = _drift_pass(cfg, ev, info, eval_size, model, opened, progress, say)
+        t_ev = time.perf_counter() - t_ev
         labels = streamed.labels(ev)
         ref_logits = streamed.logits["reference"]
         for i, rep in enumerate(reports):
@@ -428,6 +430,7 @@ def bench(cfg: BenchConfig, say: Callable[[str], None] = lambda s: None,
                      if base is not None else None),
         "eval": what if not cfg.on_calibration_images else None,
         "eval_img_size": eval_size if ev is not None and not cfg.on_calibration_images else None,
+        "eval_seconds": round(t_ev, 2) if ev is not None else None,   # the streamed pass over the eval images
         "img_size": size,
         "batches": list(cfg.batches),
         "environment": environment(cfg.threads),

@@ -18,6 +18,7 @@ import onnx
 import torch
 
 from . import __version__
+from .backends.torch import TorchRunner
 from .calibrate import Method, TensorStats, collect_stats, compute_amax
 from .data import batches, fingerprint_files, labelled_set, load_images, normalize, sample_images
 from .drift import DriftResult, compare, judge
@@ -165,14 +166,6 @@ def qdq_runner(graph: onnx.ModelProto, threads: int = 0) -> Callable[[np.ndarray
     return lambda xb: sess.run(None, {name: xb})[0]
 
 
-def torch_runner(model: GhostNet) -> Callable[[np.ndarray], np.ndarray]:
-    def run(xb: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            return model(torch.from_numpy(xb)).numpy()
-
-    return run
-
-
 # ---------------------------------------------------------------------------------------------
 
 def _excluded_nodes(fp32: onnx.ModelProto, patterns: tuple[str, ...]) -> list[str]:
@@ -311,9 +304,10 @@ def quantize(cfg: QuantizeConfig, progress: Callable[[str, int, int], None] | No
         return got
 
     q = qdq_model(fp32, set(excluded), refined)
-    first = with_reference(drift_imgs, info, pre, pre.input_size, {"int8": qdq_runner(q, cfg.threads)},
-                           lambda: torch_runner(model), cfg.batch, lambda d, t: tick("drift: FP32 + INT8 on images", d, t),
-                           say=say)
+    with TorchRunner(model, threads=cfg.threads) as tr:
+        first = with_reference(drift_imgs, info, pre, pre.input_size, {"int8": qdq_runner(q, cfg.threads)},
+                               lambda: tr.infer, cfg.batch, lambda d, t: tick("drift: FP32 + INT8 on images", d, t),
+                               say=say)
     ref, got, y_ev = first.logits["reference"], first.logits["int8"], first.labels(drift_imgs)
     kept_imgs = drift_imgs.subset(first.kept, drift_imgs.what)
     drift = compare(ref, got, y_ev, info.classes)
