@@ -288,13 +288,15 @@ def quantize(cfg: QuantizeConfig, progress: Callable[[str, int, int], None] | No
     if eval_ds is not None:
         drift_imgs = ImageSet(eval_ds.paths, np.asarray(eval_ds.labels), f"eval images in {cfg.eval_dir}",
                               Path(cfg.eval_dir))
-        where = f"{cfg.eval_dir}"
+        where, named = f"{cfg.eval_dir}", "{n} labelled images of " + f"{cfg.eval_dir}"
     elif hold_paths:
         drift_imgs = ImageSet(hold_paths, None, f"held-out images in {cfg.calib}", Path(cfg.calib))
-        where = f"held-out images of {cfg.calib} (not used for calibration)"
+        where = f"the held-out images of {cfg.calib}"
+        named = "{n} held-out images of " + f"{cfg.calib} (not used for calibration)"
     else:
         drift_imgs = ImageSet(calib_paths, None, f"calibration images in {cfg.calib}", Path(cfg.calib))
-        where = f"the calibration images themselves (no held-out images left in {cfg.calib})"
+        where = f"the calibration images of {cfg.calib}"
+        named = "the {n} calibration images themselves " + f"(no held-out images left in {cfg.calib})"
 
     def stream(images: ImageSet, graph: onnx.ModelProto, what: str) -> np.ndarray:
         got = stream_logits(images, pre, pre.input_size, {"int8": qdq_runner(graph, cfg.threads)}, cfg.batch,
@@ -311,8 +313,7 @@ def quantize(cfg: QuantizeConfig, progress: Callable[[str, int, int], None] | No
     ref, got, y_ev = first.logits["reference"], first.logits["int8"], first.labels(drift_imgs)
     kept_imgs = drift_imgs.subset(first.kept, drift_imgs.what)
     drift = compare(ref, got, y_ev, info.classes)
-    labelled = "labelled " if y_ev is not None else ""
-    drift_set = f"{where} ({len(got)} {labelled}images)" if eval_ds is not None else f"{len(got)} {where}"
+    drift_set = named.replace("{n}", str(len(got)))
 
     sens_rows: list[dict] = []
     steps: list[dict] = []

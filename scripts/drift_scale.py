@@ -70,13 +70,26 @@ from pathlib import Path
 from ghostedge.quantize import QuantizeConfig, quantize
 from ghostedge.model import ModelSpec
 t0 = time.perf_counter()
+shown = {}
 def tick(what, done, total):
-    if done % 1000 == 0 or done == total:
+    if done // 1000 > shown.get(what, -1) or done == total:
+        shown[what] = done // 1000
         print(f"{time.perf_counter() - t0:.1f} {what} {done} {total}", flush=True)
 quantize(QuantizeConfig(calib=Path("calib"), out=Path(sys.argv[2]), eval_dir=Path(sys.argv[1]), num_images=128,
                         threads=int(sys.argv[3]), spec=ModelSpec(preprocess="size=224 resize=256")), progress=tick)
 print(f"{time.perf_counter() - t0:.1f} done", flush=True)
 """
+
+
+def cache_figures(engine: str, s: Path, n: int, env: dict, threads: int, w: Path) -> None:
+    """The drift pass with the FP32 reference computed (and cached), then from the cache."""
+    cached = [PY, "-m", "ghostedge", "bench", engine, "--eval", str(s), "--baseline", "none", "--batch", "32",
+              "--iters", "3", "--warmup", "1", "--json", "--threads", str(threads)]
+    first, second = peak_rss_child(cached, env), peak_rss_child(cached, env)
+    e_first, e_second = (json.loads(r[2])["eval_seconds"] for r in (first, second))
+    print(f"reference cache ({w / 'cache'}): drift pass on {n} images {e_first:.1f} s computing the FP32 "
+          f"reference, {e_second:.1f} s from the cache (said so: {'from the cache' in ' '.join(second[3].split())})",
+          flush=True)
 
 
 def main() -> None:
@@ -86,6 +99,7 @@ def main() -> None:
     ap.add_argument("--sizes", default="5000,20000")
     ap.add_argument("--quantize-images", type=int, default=50000, help="0: skip the quantize run")
     ap.add_argument("--quantize-seconds", type=float, default=0, help="stop quantize after this long (0: to the end)")
+    ap.add_argument("--skip-cache", action="store_true", help="skip the reference-cache figures")
     ap.add_argument("--threads", type=int, default=1, help="inference threads (1 keeps a shared machine's figures steady)")
     a = ap.parse_args()
     w = a.work
@@ -103,7 +117,7 @@ def main() -> None:
     print(f"CPU: {cpu}, {os.cpu_count()} cores; " + ", ".join(f"{f} {'yes' if f in flags else 'no'}" for f in
                                                              ("avx512_vnni", "avx_vnni", "amx_int8")))
     rows = []
-    sizes = sorted(int(s) for s in a.sizes.split(","))
+    sizes = sorted(int(s) for s in a.sizes.split(",") if s.strip())
     for n in sizes:
         s = make_set(a.data, w / f"set_{n}", n)
         bench = [PY, "-m", "ghostedge", "bench", engine, "--eval", str(s), "--baseline", "none", "--batch", "32",
@@ -117,20 +131,16 @@ def main() -> None:
         (n0, w0, e0, r0, c0), (n1, w1, e1, r1, c1) = rows[0], rows[-1]
         print(f"{n1} vs {n0} images (x{n1 / n0:.1f}): peak RSS x{r1 / r0:.2f}; drift pass x{e1 / e0:.2f} "
               f"(per image x{(e1 / n1) / (e0 / n0):.2f}); whole command wall x{w1 / w0:.2f}, CPU x{c1 / c0:.2f}")
-    n = sizes[0]
-    s = w / f"set_{n}"
-    cached = [PY, "-m", "ghostedge", "bench", engine, "--eval", str(s), "--baseline", "none", "--batch", "32",
-              "--iters", "3", "--warmup", "1", "--json", "--threads", str(a.threads)]
-    first, second = peak_rss_child(cached, env), peak_rss_child(cached, env)
-    e_first, e_second = (json.loads(r[2])["eval_seconds"] for r in (first, second))
-    print(f"reference cache ({w / 'cache'}): drift pass on {n} images {e_first:.1f} s computing the FP32 "
-          f"reference, {e_second:.1f} s from the cache (said so: {'from the cache' in ' '.join(second[3].split())})", flush=True)
+    for n in sizes[:1] if not a.skip_cache else []:
+        s = w / f"set_{n}"
+        cache_figures(engine, s, n, env, a.threads, w)
 
     if a.quantize_images:
         n = a.quantize_images
         s = make_set(a.data, w / f"set_{n}", n)
-        proc = subprocess.Popen([PY, "-c", QUANTIZE_CHILD, str(s), str(w / "q224"), str(a.threads)], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, cwd=ROOT, env={**os.environ, **env})
+        err = open(w / "quantize.stderr", "w")
+        proc = subprocess.Popen([PY, "-c", QUANTIZE_CHILD, str(s), str(w / "q224"), str(a.threads)],
+                                stdout=subprocess.PIPE, stderr=err, text=True, cwd=ROOT, env={**os.environ, **env})
         t0, last = time.time(), ""
         os.set_blocking(proc.stdout.fileno(), False)
         samples = []
@@ -140,7 +150,7 @@ def main() -> None:
                 last = ln.strip()
                 m = re.match(r"([\d.]+) drift: FP32 \+ INT8 on images (\d+) (\d+)", last)
                 if m:
-                    samples.append((int(m.group(2)), vm(proc.pid, "VmRSS"), vm(proc.pid, "VmHWM")))
+                    samples.append((int(m.group(2)), float(m.group(1)), vm(proc.pid, "VmRSS"), vm(proc.pid, "VmHWM")))
             peak = vm(proc.pid, "VmHWM")
             if a.quantize_seconds and time.time() - t0 > a.quantize_seconds:
                 proc.terminate()
@@ -148,10 +158,17 @@ def main() -> None:
                 break
         rest = proc.stdout.read() or ""
         last = (rest.strip().splitlines() or [last])[-1]
-        for done, rss, hwm in samples[:: max(1, len(samples) // 8)] + samples[-1:]:
-            print(f"  quantize --eval {n} at 224 px: {done:>6} images streamed, RSS {rss:.0f} MiB, peak so far {hwm:.0f} MiB")
+        for done, at, rss, hwm in samples[:: max(1, len(samples) // 8)] + samples[-1:]:
+            print(f"  quantize --eval {n} at 224 px: {done:>6} images streamed at {at:6.0f} s, RSS {rss:.0f} MiB, "
+                  f"peak so far {hwm:.0f} MiB")
+        if len(samples) >= 2:
+            (d0, t0s, *_), (d1, t1s, *_) = samples[0], samples[-1]
+            rate = (d1 - d0) / (t1s - t0s)
+            print(f"  streaming at {rate:.1f} img/s (FP32 reference + Q/DQ estimate, 224 px): all {n} images "
+                  f"would take about {n / rate / 60:.0f} min")
+        err.close()
         if proc.returncode not in (0, None, -15):
-            print(proc.stderr.read()[-2000:])
+            print((w / "quantize.stderr").read_text()[-2000:])
         print(f"quantize --eval {n} images at 224 px: {'finished' if last.endswith('done') else 'stopped'} after "
               f"{time.time() - t0:.0f} s (last: {last}); peak RSS {peak:.0f} MiB")
 
