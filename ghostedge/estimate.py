@@ -34,7 +34,7 @@ INT8_KERNEL_OPS = frozenset({
 })
 
 #: what reports name as the arithmetic of the estimate
-MEASURED_WITH = "ONNX Runtime with Q/DQ in float: TensorRT's arithmetic, not this CPU's int8 kernels"
+MEASURED_WITH = "ONNX Runtime CPU, Q/DQ in float (TensorRT's arithmetic, not this CPU's int8 kernels)"
 
 
 def estimate_session(model: onnx.ModelProto | str | Path, threads: int = 0,
