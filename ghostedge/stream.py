@@ -29,7 +29,7 @@ from .model import ModelInfo, Preprocess
 
 #: images per decode job (and per inference call unless the caller asks otherwise)
 STREAM_BATCH = 32
-REFERENCE_FORMAT = "ghostedge-reference-logits/1"
+REFERENCE_FORMAT = "ghostedge-reference-logits/2"
 
 
 @dataclass
@@ -143,7 +143,10 @@ def reference_key(images: ImageSet, info: ModelInfo, pre: Preprocess, size: int)
     preprocessing, the input size and torch's version."""
     import torch
 
-    parts = {"format": REFERENCE_FORMAT, "files": fingerprint_files(images.paths, images.root),
+    from . import __version__
+
+    parts = {"format": REFERENCE_FORMAT, "ghostedge": __version__,
+             "files": fingerprint_files(images.paths, images.root),
              "n": len(images), "weights": info.fingerprint, "preprocess": pre.describe(), "size": size,
              "torch": ".".join(torch.__version__.split(".")[:2])}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
@@ -177,6 +180,20 @@ def store_reference(key: str, ref: Streamed) -> Path | None:
     return p
 
 
+def _still_true(cached: Streamed, images: ImageSet, pre: Preprocess, size: int, batch: int,
+                reference: Callable[[], Callable[[np.ndarray], np.ndarray]]) -> bool:
+    """A cache entry is used only if the model, run again on the set's first batch, gives its logits: one
+    batch of FP32 guards against an entry written by another (or a broken) version under the same key."""
+    x, idx, _ = next(decoded_batches(images.paths[:batch], pre, size, batch, workers=1), (None, [], None))
+    if x is None or not len(idx):
+        return True
+    if len(cached.kept) < len(idx) or list(cached.kept[:len(idx)]) != idx:
+        return False
+    got = np.asarray(reference()(x), np.float32)
+    want = cached.logits["reference"][:len(idx)]
+    return got.shape == want.shape and bool(np.allclose(got, want, rtol=1e-3, atol=1e-3 * (np.abs(want).max() + 1)))
+
+
 def with_reference(images: ImageSet, info: ModelInfo, pre: Preprocess, size: int,
                    models: dict[str, Callable[[np.ndarray], np.ndarray]],
                    reference: Callable[[], Callable[[np.ndarray], np.ndarray]] | None,
@@ -187,6 +204,13 @@ def with_reference(images: ImageSet, info: ModelInfo, pre: Preprocess, size: int
     the cache when this set, model and preprocessing were seen before; ``reference()`` makes its callable."""
     key = reference_key(images, info, pre, size) if use_cache else None
     cached = load_reference(key) if key else None
+    if reference is not None:   # the model is made at most once, for the check and for the run
+        make, made = reference, []
+        reference = lambda: made[0] if made else (made.append(make()) or made[0])  # noqa: E731
+    if cached is not None and reference is not None and not _still_true(cached, images, pre, size, batch, reference):
+        say(f"the cached FP32 reference logits of {images.what} do not match the model on its first images "
+            f"(a stale or damaged cache in {reference_cache_dir()}): recomputing them")
+        cached = None
     if cached is not None:
         say(f"FP32 reference logits of {images.what} from the cache ({reference_cache_dir()})")
         if not models:

@@ -172,29 +172,43 @@ def test_reference_logits_are_computed_once_per_set_model_and_preprocessing(tmp_
     folder = make_image_folder(tmp_path / "s", per_class=3)
     images, pre = _set(folder), Preprocess(input_size=32)
     info = ModelInfo(width=0.5, num_classes=3, fingerprint="w1", preprocess=pre)
-    made = []
+    made = []   # images the reference model ran on, per with_reference call
 
     def reference():
-        made.append(1)
-        return lambda xb: _mean_pixel(xb) * 2
+        def fn(xb):
+            made[-1] += len(xb)
+            return _mean_pixel(xb) * 2
+        return fn
 
     def run(inf=info, p=pre):
+        made.append(0)
         return with_reference(images, inf, p, 32, {"e": _mean_pixel}, reference, batch=4)
 
+    n = len(images)
     first = run()
-    second = run()
-    assert len(made) == 1 and list(reference_cache_dir().glob("*.npz"))
+    second = run()   # from the cache: the model runs on the first batch only, to check the entry
+    assert made == [n, 4] and list(reference_cache_dir().glob("*.npz"))
     np.testing.assert_array_equal(first.logits["reference"], second.logits["reference"])
     np.testing.assert_array_equal(second.logits["reference"], second.logits["e"] * 2)
     run(ModelInfo(width=0.5, num_classes=3, fingerprint="w2", preprocess=pre))        # other weights
     run(p=Preprocess(input_size=32, interpolation="bicubic"))                         # other preprocessing
-    assert len(made) == 3
+    assert made[2:] == [n, n]
     victim = images.paths[0]                                  # same names, one file's content changed
     shutil.copy(images.paths[1], victim)
     run()
-    assert len(made) == 4
+    assert made[-1] == n
+    # an entry written under the same key by something else (another version, a broken run) is not used
+    from ghostedge.stream import load_reference, reference_key, store_reference
+
+    key = reference_key(images, info, pre, 32)
+    bad = load_reference(key)
+    bad.logits["reference"] = bad.logits["reference"][::-1].copy()
+    store_reference(key, bad)
+    fixed = run()
+    assert made[-1] == 4 + n
+    np.testing.assert_array_equal(fixed.logits["reference"], fixed.logits["e"] * 2)
     (tmp_path / "not-a-folder").write_text("")               # a cache that cannot be written is no error
     monkeypatch.setenv("GHOSTEDGE_CACHE_DIR", str(tmp_path / "not-a-folder"))
     run()
     run()
-    assert len(made) == 6
+    assert made[-2:] == [n, n]
