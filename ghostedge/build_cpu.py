@@ -194,18 +194,24 @@ def _qdq_onnx(cfg) -> onnx.ModelProto:  # noqa: ANN001 (BuildConfig)
     return onnx.load(str(_need(cfg.engines / INT8_NAME, "the Q/DQ ONNX")))
 
 
-def cpu_qdq_variant(qdq: onnx.ModelProto, record: dict) -> onnx.ModelProto:
+def cpu_qdq_variant(qdq: onnx.ModelProto, record: dict, fp32: onnx.ModelProto | None = None,
+                    refined=None) -> onnx.ModelProto:  # noqa: ANN001 (refine.Refined)
     """The calibration's Q/DQ graph for CPUs: the same amax per tensor, ReLU outputs (min >= 0) on the u8
     grid [0, amax], Q/DQ at the inputs of convs and residual adds, no shared Concat scales; the weights on
-    the Q/DQ ONNX's own (refined) per-channel grid."""
+    the Q/DQ ONNX's own (refined) per-channel grid, or, given ``refined`` (weights refined for another grid)
+    and the FP32 graph, on that one."""
     from .qdq import insert_qdq, plan_placement, strip_qdq, weight_grids
+    from .refine import apply_weights
 
     t = record["tensors"]
     amax = {k: float(v["amax"]) for k, v in t.items()}
     nonneg = {k for k, v in t.items() if float(v["min"]) >= 0.0}
-    fp32 = strip_qdq(qdq)
-    pl = plan_placement(fp32, set(record.get("excluded_nodes", [])), concat_groups=False)
-    return insert_qdq(fp32, pl, amax, unsigned=nonneg, weight_amax=weight_grids(qdq))
+    if refined is None:
+        base, grid = strip_qdq(qdq), weight_grids(qdq)
+    else:
+        base, grid = apply_weights(fp32, refined), refined.weight_amax
+    pl = plan_placement(base, set(record.get("excluded_nodes", [])), concat_groups=False)
+    return insert_qdq(base, pl, amax, unsigned=nonneg, weight_amax=grid)
 
 
 _REFINED: dict[tuple, object] = {}
@@ -252,45 +258,40 @@ def openvino_source(cfg, variant: Variant, record: dict | None) -> onnx.ModelPro
         return onnx.load(str(cfg.engines / FP32_NAME))
     qdq = _qdq_onnx(cfg)
     if variant.weight_bits == 7 and variant.graph == "u8":
-        from .qdq import insert_qdq, plan_placement
-        from .refine import apply_weights
-
-        fp32 = onnx.load(str(cfg.engines / FP32_NAME))
         r7 = refined_for_bits(cfg, record, 7)
-        t = record["tensors"]
-        pl = plan_placement(fp32, set(record.get("excluded_nodes", [])), concat_groups=False)
-        model = insert_qdq(apply_weights(fp32, r7), pl, {k: float(v["amax"]) for k, v in t.items()},
-                           unsigned={k for k, v in t.items() if float(v["min"]) >= 0.0}, weight_amax=r7.weight_amax)
-        return model if r7.weights else with_weight_bits(model, 7)
+        if r7.weights:
+            return cpu_qdq_variant(qdq, record, onnx.load(str(cfg.engines / FP32_NAME)), r7)
     model = cpu_qdq_variant(qdq, record) if variant.graph == "u8" else qdq
     return with_weight_bits(model, variant.weight_bits) if variant.weight_bits != 8 else model
 
 
 def build_openvino_engine(cfg, dst: Path, size: int, variant: Variant,  # noqa: ANN001 (BuildConfig)
-                          record: dict | None = None) -> Path:
+                          record: dict | None = None) -> int | None:
     """IR with a dynamic batch and a static ``size`` x ``size`` (OpenVINO's CPU plugin runs static spatial
-    shapes faster), from ``openvino_source``."""
+    shapes faster), from ``openvino_source``. Returns the largest |int8 weight| of that source (None: FP32)."""
     from .backends.openvino import save_ir
     from .errors import write_bytes_atomic
-
-    tmp = dst.with_name(f".{dst.stem}.{os.getpid()}.src.onnx")
-    try:
-        write_bytes_atomic(tmp, openvino_source(cfg, variant, record).SerializeToString())
-        return save_ir(tmp, dst, size)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def weight_code_max(variant: Variant, cfg, record: dict | None, engine: Path) -> int | None:  # noqa: ANN001
-    """The largest |int8 weight| the engine multiplies with (None: uint8 weights or no INT8)."""
-    from .backends.onnxruntime import qoperator_weight_code_max
     from .qdq import qdq_weight_code_max
 
-    if cfg.precision != Precision.int8:
-        return None
-    if variant.backend == "onnxruntime":
-        return qoperator_weight_code_max(onnx.load(str(engine)))
-    return qdq_weight_code_max(openvino_source(cfg, variant, record))
+    src = openvino_source(cfg, variant, record)
+    tmp = dst.with_name(f".{dst.stem}.{os.getpid()}.src.onnx")
+    try:
+        write_bytes_atomic(tmp, src.SerializeToString())
+        save_ir(tmp, dst, size)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return qdq_weight_code_max(src) if cfg.precision == Precision.int8 else None
+
+
+def build_engine(cfg, variant: Variant, dst: Path, size: int, record: dict | None) -> int | None:  # noqa: ANN001
+    """Build one CPU engine; returns the largest |int8 weight| it multiplies with (None: uint8 weights or
+    FP32), for ``check_no_overflow``."""
+    from .backends.onnxruntime import qoperator_weight_code_max
+
+    if variant.backend == "openvino":
+        return build_openvino_engine(cfg, dst, size, variant, record)
+    build_onnxruntime_engine(cfg, dst, record, variant)
+    return qoperator_weight_code_max(onnx.load(str(dst))) if cfg.precision == Precision.int8 else None
 
 
 def check_no_overflow(variant: Variant, code_max: int | None, cpu: CpuInt8) -> None:
@@ -497,11 +498,7 @@ def choose_cpu_engine(cfg, say: Callable[[str], None], threads: int = 0,  # noqa
             tc = time.time()
             try:
                 if c.path not in built:
-                    if c.variant.backend == "onnxruntime":
-                        build_onnxruntime_engine(cfg, c.path, record, c.variant)
-                    else:
-                        build_openvino_engine(cfg, c.path, size, c.variant, record)
-                    built[c.path] = weight_code_max(c.variant, cfg, record, c.path)
+                    built[c.path] = build_engine(cfg, c.variant, c.path, size, record)
                 check_no_overflow(c.variant, built[c.path], cpu)
                 c.build_seconds = time.time() - tc
                 with _open(c, threads) as r:
@@ -602,13 +599,8 @@ def build_cpu(cfg, backend: str, say: Callable[[str], None], cpu: CpuInt8 | None
     v = forced_variant(backend, record is not None, cpu)
     tmp = out.with_name(f".{out.name}.{os.getpid()}{_ext(backend)}")
     try:  # built and checked under a temporary name, then moved into place
-        if backend == "onnxruntime":
-            build_onnxruntime_engine(cfg, tmp, record, v)
-        else:
-            info = read_onnx_info(fp32_path)
-            build_openvino_engine(cfg, tmp, cfg.img_size or (info.preprocess.input_size if info else 224), v,
-                                  record)
-        code_max = weight_code_max(v, cfg, record, tmp)
+        info = read_onnx_info(fp32_path)
+        code_max = build_engine(cfg, v, tmp, cfg.img_size or (info.preprocess.input_size if info else 224), record)
         check_no_overflow(v, code_max, cpu)
         _move_engine(tmp, out)
     finally:

@@ -45,11 +45,17 @@ def estimate_session(model: onnx.ModelProto | str | Path, threads: int = 0,
     return ort_session(model, threads=threads, float_qdq=True, optimized_path=optimized_path)
 
 
-def qdq_logits(model: onnx.ModelProto | str | Path, x: np.ndarray, batch: int = 64, threads: int = 0) -> np.ndarray:
-    """Logits of a Q/DQ graph with TensorRT's arithmetic, in batches of ``batch``."""
+def qdq_runner(model: onnx.ModelProto | str | Path, threads: int = 0):  # noqa: ANN201 (batch -> logits)
+    """One estimate session as a batch -> logits callable (for streamed images)."""
     sess = estimate_session(model, threads=threads)
     name = sess.get_inputs()[0].name
-    outs = [sess.run(None, {name: x[i:i + batch]})[0] for i in range(0, len(x), batch)]
+    return lambda xb: sess.run(None, {name: xb})[0]
+
+
+def qdq_logits(model: onnx.ModelProto | str | Path, x: np.ndarray, batch: int = 64, threads: int = 0) -> np.ndarray:
+    """Logits of a Q/DQ graph with TensorRT's arithmetic, in batches of ``batch``."""
+    run = qdq_runner(model, threads)
+    outs = [run(x[i:i + batch]) for i in range(0, len(x), batch)]
     return np.concatenate(outs) if outs else np.zeros((0, 0), np.float32)
 
 

@@ -22,7 +22,7 @@ from .backends.torch import TorchRunner
 from .calibrate import Method, TensorStats, collect_stats, compute_amax
 from .data import batches, fingerprint_files, labelled_set, load_images, normalize, sample_images
 from .drift import DriftResult, compare, judge
-from .estimate import MEASURED_WITH, estimate_session, qdq_logits
+from .estimate import MEASURED_WITH, qdq_logits, qdq_runner
 from .errors import GhostedgeError, write_bytes_atomic, write_text_atomic
 from .export import INPUT_NAME, export_onnx, onnx_is_current, ort_session
 from .model import GhostNet, ModelSpec, load_model
@@ -156,14 +156,6 @@ def ort_logits(proto_or_path, x: np.ndarray, batch: int = 64, threads: int = 0) 
     sess = ort_session(proto_or_path, threads=threads)
     name = sess.get_inputs()[0].name
     return np.concatenate([sess.run(None, {name: xb})[0] for xb in batches(x, batch)])
-
-
-def qdq_runner(graph: onnx.ModelProto, threads: int = 0) -> Callable[[np.ndarray], np.ndarray]:
-    """One session running a Q/DQ graph with TensorRT's arithmetic (``estimate``), as a batch -> logits
-    callable for streamed images."""
-    sess = estimate_session(graph, threads=threads)
-    name = sess.get_inputs()[0].name
-    return lambda xb: sess.run(None, {name: xb})[0]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -18,8 +18,7 @@ from ghostedge.backends.onnxruntime import OnnxRuntimeRunner
 from ghostedge.backends.openvino import OpenVinoRunner
 from ghostedge.bench import _logits
 from ghostedge.build import BuildConfig, Precision
-from ghostedge.build_cpu import (Candidate, Variant, _judge, build_onnxruntime_engine, build_openvino_engine,
-                                 check_images, weight_code_max)
+from ghostedge.build_cpu import Candidate, Variant, _judge, build_engine, check_images
 from ghostedge.cpu import host_cpu
 from ghostedge.estimate import qdq_logits
 from ghostedge.export import read_onnx_info
@@ -53,14 +52,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         for v in VARIANTS:
             p = Path(d) / (v.name + (".xml" if v.backend == "openvino" else ".onnx"))
-            if v.backend == "openvino":
-                build_openvino_engine(cfg, p, size, v, rec)
-            else:
-                build_onnxruntime_engine(cfg, p, rec, v)
+            w = build_engine(cfg, v, p, size, rec)
             c = Candidate(v, p)
             with (OpenVinoRunner(p) if v.backend == "openvino" else OnnxRuntimeRunner(p)) as r:
                 _judge(c, _logits(r, x, 32), ref, est)
-            w = weight_code_max(v, cfg, rec, p)
             print(f"{v.name:22s} {c.agreement_fp32:7.2f} {c.shortfall_pts:+6.2f} {str(c.discordant):>10s} "
                   f"{c.kl:9.6f} {'u8' if w is None else w:>6}")
 
