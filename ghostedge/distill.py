@@ -23,6 +23,7 @@ from PIL import Image
 from .errors import GhostedgeError, atomic_path, write_text_atomic
 from .model import ModelSpec, load_model
 from .resources import check_batch
+from .state import seeded, torch_threads
 
 
 @dataclass
@@ -44,9 +45,11 @@ def distill(cfg: DistillConfig, progress: Callable[[int, int, float], None] | No
         raise GhostedgeError("--n, --batch and --iters must be at least 1")
     if cfg.out.exists() and not cfg.out.is_dir():
         raise GhostedgeError(f"--out {cfg.out} exists and is not a folder: pass a folder")
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
+    with torch_threads(cfg.threads), seeded(cfg.seed):
+        return _distill(cfg, progress)
+
+
+def _distill(cfg: DistillConfig, progress: Callable[[int, int, float], None] | None) -> dict:
     model, info = load_model(cfg.weights, spec=cfg.spec)
     model.eval()
     pre = info.preprocess

@@ -14,6 +14,7 @@ from .drift import accuracy
 from .errors import GhostedgeError
 from .model import ModelSpec, load_model
 from .resources import check_batch
+from .state import torch_threads
 from .quantize import torch_logits
 
 
@@ -29,8 +30,11 @@ class EvalConfig:
 
 
 def evaluate(cfg: EvalConfig, progress: Callable[[int, int], None] | None = None) -> dict:
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    with torch_threads(cfg.threads):
+        return _evaluate(cfg, progress)
+
+
+def _evaluate(cfg: EvalConfig, progress: Callable[[int, int], None] | None) -> dict:
     if cfg.batch < 1:
         raise GhostedgeError("--batch must be at least 1")
     model, info = load_model(cfg.weights, cfg.num_classes, spec=cfg.spec)

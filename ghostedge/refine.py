@@ -26,7 +26,6 @@ on TensorRT 8.x) takes the ranges only.
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -38,17 +37,7 @@ from onnx import numpy_helper
 
 from .calibrate import TensorStats, amax_entropy, amax_mse, amax_percentile
 from .qdq import QMAX, Placement, group_amax, scale_groups
-
-
-@contextmanager
-def _no_denormals():
-    """Flush denormal floats to zero while refining: tiny activations and squared gradients otherwise run
-    tens of times slower on x86 (the results change by less than float32's smallest normal number)."""
-    torch.set_flush_denormal(True)
-    try:
-        yield
-    finally:
-        torch.set_flush_denormal(False)
+from .state import flush_denormals
 
 
 class Unsupported(Exception):
@@ -359,7 +348,7 @@ def _conv_cols(n: onnx.NodeProto, x: torch.Tensor, groups: int, kshape) -> torch
     return cols
 
 
-@_no_denormals()
+@flush_denormals()
 def refine(fp32: onnx.ModelProto, placement: Placement, stats: dict[str, TensorStats],
            base_amax: dict[str, float], x: np.ndarray, cfg: RefineConfig,
            tick: Callable[[str, int, int], None] | None = None) -> Refined:

@@ -11,7 +11,6 @@ import hashlib
 import json
 import math
 import os
-import random
 import shlex
 import sys
 import time
@@ -27,6 +26,7 @@ from .data import LabelledSet, class_folders, labelled_set, load_images, normali
 from .errors import GhostedgeError, atomic_path
 from .model import GhostNet, ModelInfo, Preprocess, ghostnet, imagenet_classes, parse_preprocess, \
     read_checkpoint, save_checkpoint
+from .state import seeded, torch_threads
 
 
 @dataclass
@@ -131,13 +131,6 @@ def _lr_at(cfg: TrainConfig, step: float, steps_per_epoch: int) -> float:
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
 
 
-def _seed_all(seed: int) -> torch.Generator:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    return torch.Generator().manual_seed(seed)
-
-
 def train(cfg: TrainConfig, progress: Callable[[str], None] | None = None) -> dict:
     """Train and save the best (by EMA val top-1) checkpoint to cfg.out. Returns the training record."""
     say = progress or (lambda s: print(s, file=sys.stderr, flush=True))
@@ -153,11 +146,13 @@ def train(cfg: TrainConfig, progress: Callable[[str], None] | None = None) -> di
         raise GhostedgeError("epochs, batch, lr must be positive and img-size at least 32")
     if cfg.optimizer not in ("adamw", "sgd"):
         raise GhostedgeError(f"--optimizer {cfg.optimizer!r}: use adamw or sgd")
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    gen = _seed_all(cfg.seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    with torch_threads(cfg.threads), seeded(cfg.seed, deterministic=True):
+        return _train(cfg, say, root, train_dir, val_dir, torch.Generator().manual_seed(cfg.seed))
 
+
+def _train(cfg: TrainConfig, say: Callable[[str], None], root: Path, train_dir: Path, val_dir: Path,
+           gen: torch.Generator) -> dict:
+    """train()'s body, run with the thread count and seeds set (and restored afterwards)."""
     folders = [d.name for d in class_folders(train_dir)]
     names_1k, wnids_1k = imagenet_classes()
     wn = {w: n for w, n in zip(wnids_1k, names_1k)}
