@@ -18,14 +18,16 @@ from typing import Callable
 
 import numpy as np
 
-from .backends.base import BaseRunner
+from .backends.base import BaseRunner, logits_in_batches
+from .backends.registry import backend_for_path
 from .data import class_folders, find_images, labelled_set
 from .drift import accuracy, compare, judge
 from .errors import CheckFailed, GhostedgeError
-from .manifest import cpu_flags, cpu_name, read_manifest, version_tuple
+from .manifest import cpu_flags, cpu_name
 from .model import ModelInfo, ModelSpec, check_against, load_model
 from .resources import check_batch, check_logits
 from .stream import ImageSet, Streamed, with_reference
+from .timing import MIN_WARMUP_S, Timing, time_runner  # noqa: F401 (MIN_WARMUP_S: re-exported)
 
 
 @dataclass
@@ -46,16 +48,6 @@ class BenchConfig:
     spec: ModelSpec | None = None    # --preprocess / --classes: checked against what the engines carry
     reference_cache: bool = True     # FP32 reference logits of an eval set cached per set (stream.py)
     on_calibration_images: bool = False   # eval_dir is the calibration folder: a faithfulness check, not drift
-
-
-@dataclass
-class Timing:
-    throughput: float                # images/s over all timed iterations
-    p50: float
-    p90: float
-    p99: float
-    iters: int
-    gpu_ms_p50: float | None = None  # TensorRT: GPU compute only (CUDA events)
 
 
 @dataclass
@@ -98,136 +90,17 @@ def _check_file(path: Path) -> None:
         raise GhostedgeError(f"{path} is a folder: pass an engine file (.plan or .onnx)")
     if path.stat().st_size == 0:
         raise GhostedgeError(f"engine {path} is empty: rebuild it with ghostedge build")
-    if path.suffix not in (".plan", ".engine", ".onnx", ".xml"):
-        raise GhostedgeError(f"{path}: unknown engine kind {path.suffix!r}: pass a TensorRT .plan, an "
-                             "ONNX Runtime .onnx or an OpenVINO .xml engine")
-
-
-#: cross-major moves a version-compatible engine survives (TensorRT's version-compatibility rules)
-VC_MAJOR_STEPS = {(8, 10), (10, 11)}
-
-
-def runtime_can_load(built: str, here: str, version_compatible: bool) -> bool:
-    """Same TensorRT, or (version-compatible engines) the same or a later runtime of the same major or one
-    major step on (8 -> 10, 10 -> 11)."""
-    if str(built) == str(here):
-        return True
-    if not version_compatible:
-        return False
-    b, h = version_tuple(built), version_tuple(here)
-    return h >= b and (h[0] == b[0] or (b[0], h[0]) in VC_MAJOR_STEPS)
-
-
-def gpu_can_load(man: dict, gpu: dict, here_jetson: bool) -> bool:
-    """Same compute capability, or a hardware-compatible (AMPERE_PLUS) engine on another Ampere+ dGPU."""
-    built_cc = (man.get("gpu") or {}).get("compute_capability")
-    here_cc = gpu.get("compute_capability")
-    if built_cc == here_cc:
-        return True
-    if not man.get("hardware_compat") or here_jetson or man.get("jetpack") or man.get("l4t"):
-        return False
-    return version_tuple(here_cc or "0")[:2] >= (8, 0) and version_tuple(built_cc or "0")[:2] >= (8, 0)
-
-
-def check_plan_manifest(man: dict, trt_version: str | None, gpu: dict | None, here_jetson: bool = False,
-                        why: str = "") -> None:
-    """Explain why a .plan cannot run here, before TensorRT fails to deserialize it. ``why``: why no GPU was
-    found (``cuda_probe``), so a broken driver or binding is named, not called "no GPU"."""
-    built = f"TensorRT {man.get('tensorrt')} on {(man.get('gpu') or {}).get('gpu', '?')}"
-    cc = (man.get("gpu") or {}).get("compute_capability")
-    if cc:
-        built += f" (sm_{cc.replace('.', '')})"
-    if trt_version is None or gpu is None:
-        what = "no TensorRT" if trt_version is None else (why or "no CUDA GPU")
-        raise GhostedgeError(f"engine was built with {built}; on this machine: {what}: run bench on the "
-                             "board it was built for, or bench the ONNX Runtime engines here")
-    here = f"TensorRT {trt_version} on {gpu.get('gpu')} (sm_{str(gpu.get('compute_capability', '')).replace('.', '')})"
-    same_trt = runtime_can_load(str(man.get("tensorrt")), trt_version, bool(man.get("version_compatible")))
-    same_gpu = gpu_can_load(man, gpu, here_jetson)
-    if not (same_trt and same_gpu):
-        raise GhostedgeError(f"engine was built with {built}; this is {here}: rebuild here with ghostedge build")
 
 
 def open_runner(path: Path, threads: int = 0, cuda_graph: bool = False) -> tuple[BaseRunner, dict | None]:
+    """A runner for an engine file, from the backend its suffix names, and the engine's manifest."""
     _check_file(path)
-    if path.suffix == ".xml":
-        from .backends.openvino import OpenVinoRunner
-
-        man = read_manifest(path, required=False)
-        runner = OpenVinoRunner(path, threads=threads, precision_hint=(man or {}).get("precision_hint") or "f32")
-        runner.precision = (man or {}).get("precision") or _guess_precision(path)
-        return runner, man
-    if path.suffix == ".onnx":
-        import onnx
-
-        try:
-            onnx.load(str(path), load_external_data=False)
-        except Exception:  # protobuf's DecodeError and friends: truncated or not ONNX at all
-            raise GhostedgeError(f"{path} is not a readable ONNX model (truncated or another kind of file): "
-                                 "rebuild it with ghostedge build") from None
-        from .backends.onnxruntime import OnnxRuntimeRunner
-
-        runner = OnnxRuntimeRunner(path, threads=threads)
-        man = read_manifest(path, required=False)
-        runner.precision = (man or {}).get("precision") or _guess_precision(path)
-        return runner, man
-    man = read_manifest(path, required=True)
-    from .backends.tensorrt import TensorRTRunner, cuda_probe
-
-    try:
-        import tensorrt
-
-        trt_version = str(tensorrt.__version__)
-    except ImportError:
-        trt_version = None
-    from .targets import detect
-
-    gpu, why = cuda_probe() if trt_version else (None, "")
-    check_plan_manifest(man, trt_version, gpu, detect() is not None, why)
-    runner = TensorRTRunner(path, cuda_graph=cuda_graph, dla_core=man.get("dla_core"),
-                            version_compatible=bool(man.get("version_compatible")))
-    runner.precision = man.get("precision", "?")
-    return runner, man
-
-
-def _guess_precision(path: Path) -> str:
-    n = path.name.lower()
-    return "int8" if "int8" in n else "fp16" if "fp16" in n else "fp32"
+    kind = backend_for_path(path)
+    return kind.open_runner(path, threads=threads, cuda_graph=cuda_graph)
 
 
 # ---------------------------------------------------------------------------------------------
 # measuring
-
-#: warm-up lasts at least this long (trtexec warms up for 200 ms): a Jetson's DVFS clock ramp and
-#: lazy module loading must not land in the timed p90 / p99
-MIN_WARMUP_S = 0.2
-
-
-def time_runner(runner: BaseRunner, x: np.ndarray, warmup: int, iters: int | None, seconds: float) -> Timing:
-    t_warm, n = time.perf_counter(), 0
-    while n < warmup or time.perf_counter() - t_warm < MIN_WARMUP_S:
-        runner.infer(x)
-        n += 1
-    gpu = getattr(runner, "gpu_ms", None)
-    if gpu is not None:
-        gpu.clear()
-    lat: list[float] = []
-    start = time.perf_counter()
-    while True:
-        t0 = time.perf_counter()
-        runner.infer(x)
-        lat.append(time.perf_counter() - t0)
-        if iters is not None:
-            if len(lat) >= iters:
-                break
-        elif len(lat) >= 5 and time.perf_counter() - start >= seconds:
-            break
-    arr = np.asarray(lat) * 1000.0
-    return Timing(throughput=len(x) * len(lat) / float(arr.sum() / 1000.0),
-                  p50=float(np.percentile(arr, 50)), p90=float(np.percentile(arr, 90)),
-                  p99=float(np.percentile(arr, 99)), iters=len(lat),
-                  gpu_ms_p50=float(np.median(gpu)) if gpu else None)
-
 
 def environment(threads: int) -> dict:
     env = {"machine": platform.machine(), "cpu": cpu_name(), "cores": os.cpu_count(),
@@ -285,22 +158,6 @@ def _eval_set(cfg: BenchConfig, info: ModelInfo) -> ImageSet:
     return ImageSet(paths, None, f"eval images in {root}", Path(root))
 
 
-def _logits(runner: BaseRunner, x: np.ndarray, batch: int) -> np.ndarray:
-    """All of x in chunks the engine accepts; a last chunk below the profile minimum (a static engine,
-    a DLA engine) is padded to it with copies of its last image and trimmed afterwards."""
-    b = min(batch, runner.max_batch() or batch)
-    lo = runner.min_batch() or 1
-    b = max(b, lo)
-    outs = []
-    for i in range(0, len(x), b):
-        xb = x[i:i + b]
-        n = len(xb)
-        if n < lo:
-            xb = np.concatenate([xb, np.repeat(xb[-1:], lo - n, axis=0)])
-        outs.append(runner.infer(xb)[:n])
-    return np.concatenate(outs)
-
-
 def bench(cfg: BenchConfig, say: Callable[[str], None] = lambda s: None,
           progress: Callable[[str, int, int], None] | None = None) -> dict:
     if not cfg.engines:
@@ -313,13 +170,14 @@ def bench(cfg: BenchConfig, say: Callable[[str], None] = lambda s: None,
         raise GhostedgeError("--max-drop needs --eval DIR (labelled images the calibration did not use): "
                              "without them there is no drift to judge")
     opened = [(p, *open_runner(p, cfg.threads, cfg.cuda_graph)) for p in cfg.engines]
+    fixed_shape = {p: backend_for_path(p).fixed_shape for p in cfg.engines}   # else any batch and size
 
     # the model the engines were built from
     infos = [ModelInfo.from_dict(m["model"]) for _, _, m in opened if m and m.get("model")]
     if not infos:
         from .export import read_onnx_info
 
-        infos = [i for i in (read_onnx_info(p) for p, _, _ in opened if p.suffix == ".onnx") if i]
+        infos = [i for i in (read_onnx_info(p) for p, _, _ in opened if backend_for_path(p).onnx_engine) if i]
     if len({i.fingerprint for i in infos}) > 1:
         raise GhostedgeError("the engines were built from different weights: bench engines of one model at a time")
     if len({i.preprocess.describe() for i in infos}) > 1:
@@ -344,14 +202,14 @@ def bench(cfg: BenchConfig, say: Callable[[str], None] = lambda s: None,
         raise GhostedgeError(f"--img-size {size} is too small: GhostNet downsamples 32x, use >= 32")
     check_batch(max(cfg.batches), size, info.width if info else 1.0)
     for p, r, m in opened:
-        if m and m.get("batch") and p.suffix != ".onnx":
+        if m and m.get("batch") and fixed_shape[p]:
             lo, hi = m["batch"][0], m["batch"][2]
             bad = [b for b in cfg.batches if not lo <= b <= hi]
             if bad:
                 raise GhostedgeError(f"--batch {','.join(map(str, bad))} is outside {p.name}'s profile (batch "
                                      f"{lo}..{hi}): bench --batch {lo if lo == hi else f'{lo},{hi}'}, or rebuild with "
                                      f"--batch {min(min(bad), lo)}:{lo}:{max(max(bad), hi)}")
-        if m and m.get("img_size") and p.suffix != ".onnx" and m["img_size"] != size:
+        if m and m.get("img_size") and fixed_shape[p] and m["img_size"] != size:
             raise GhostedgeError(f"{p.name} was built for {m['img_size']} px, not {size}: pass --img-size "
                                  f"{m['img_size']} or rebuild with --img-size {size}")
 
@@ -362,7 +220,7 @@ def bench(cfg: BenchConfig, say: Callable[[str], None] = lambda s: None,
             raise GhostedgeError("--eval needs the model's classes: bench engines built by ghostedge")
         # accuracy at the model's native resolution, unless a fixed-shape engine was built for another
         eval_size = info.preprocess.input_size
-        fixed = {m.get("img_size") for p, _, m in opened if m and p.suffix != ".onnx" and m.get("img_size")}
+        fixed = {m.get("img_size") for p, _, m in opened if m and fixed_shape[p] and m.get("img_size")}
         if fixed:
             eval_size = fixed.pop()
         ev = _eval_set(cfg, info)
@@ -462,7 +320,7 @@ def _drift_pass(cfg: BenchConfig, ev: ImageSet, info: ModelInfo, size: int, mode
         models = {}
         for i, (_, runner, _) in enumerate(opened):
             stack.enter_context(runner)
-            models[f"engine{i}"] = (lambda r: lambda xb: _logits(r, xb, batch))(runner)
+            models[f"engine{i}"] = (lambda r: lambda xb: logits_in_batches(r, xb, batch))(runner)
 
         def reference():  # noqa: ANN202
             tr = stack.enter_context(TorchRunner(model, threads=cfg.threads))

@@ -6,9 +6,7 @@ the calibration record (and cache). Every engine gets a sidecar manifest.
 
 from __future__ import annotations
 
-import datetime as _dt
 import functools
-import platform
 import shlex
 import time
 from dataclasses import dataclass, replace
@@ -17,50 +15,17 @@ from typing import Callable
 
 import onnx
 
-from . import __version__
 from .backends.common import Backend, BuildResult, Precision  # noqa: F401  (re-exported)
+from .backends.cuda import CudaStatus, cuda_status
+from .build_common import DEFAULT_BATCH, DLA_BATCH, BuildConfig, common_manifest, need_input, record_for, \
+    resolve_batch  # noqa: F401  (BuildConfig, DEFAULT_BATCH, DLA_BATCH: re-exported)
 from .errors import GhostedgeError, write_bytes_atomic
 from .export import INPUT_NAME, fp16_onnx, read_onnx_info
-from .manifest import cpu_name, file_sha256, version_tuple, write_manifest
-from .model import ModelSpec, check_against
-from .quantize import CACHE_NAME, FP32_NAME, IMPLICIT_NAME, INT8_NAME, RECORD_NAME, calib_cache_text, load_record, \
-    parse_calib_cache, trt_version_int
+from .manifest import file_sha256, version_tuple, write_manifest
+from .model import check_against
+from .quantize import CACHE_NAME, FP32_NAME, IMPLICIT_NAME, INT8_NAME, calib_cache_text, parse_calib_cache, \
+    trt_version_int
 from .targets import Platform, check_dla, resolve
-
-
-@dataclass
-class BuildConfig:
-    engines: Path = Path("engines")
-    precision: Precision = Precision.int8
-    backend: Backend = Backend.auto
-    target: str = "auto"
-    batch: tuple[int, int, int] | None = None   # None: 1:8:32, or a static DLA_BATCH for DLA
-    img_size: int | None = None
-    workspace_mib: int | None = None
-    dla_core: int | None = None
-    gpu_fallback: bool = False
-    timing_cache: Path | None = None
-    opt_level: int | None = None
-    hardware_compat: bool = False
-    version_compatible: bool = False
-    calib_cache: Path | None = None
-    out: Path | None = None
-    frontend: str = "onnx"          # onnx | torch-tensorrt
-    weights: Path | None = None     # for the torch-tensorrt frontend
-    calib: Path | None = None       # calibration images: torch-tensorrt --int8; CPU selection's accuracy check
-    threads: int = 0                # CPU engines: threads the selection measures with (0 = all)
-    spec: ModelSpec | None = None   # --preprocess / --classes: checked against the ONNX's description
-
-
-DEFAULT_BATCH = (1, 8, 32)
-#: DLA engines need a static shape (min = opt = max); this one unless --batch says otherwise
-DLA_BATCH = (8, 8, 8)
-
-
-def resolve_batch(cfg: BuildConfig) -> tuple[int, int, int]:
-    if cfg.batch is not None:
-        return tuple(cfg.batch)  # type: ignore[return-value]
-    return DLA_BATCH if cfg.dla_core is not None else DEFAULT_BATCH
 
 
 def parse_batch(spec: str) -> tuple[int, int, int]:
@@ -76,52 +41,46 @@ def parse_batch(spec: str) -> tuple[int, int, int]:
     return parts[0], parts[1], parts[2]
 
 
-def _need(path: Path, what: str) -> Path:
-    if not path.is_file():
-        raise GhostedgeError(f"{path} not found ({what}): run ghostedge quantize --calib DIR first "
-                             f"(it writes {FP32_NAME}, {INT8_NAME} and the calibration files into {path.parent})")
-    return path
+@dataclass(frozen=True)
+class TensorRTStatus:
+    """Whether TensorRT can build here: installed, and the CUDA device (or why none, and whether there simply
+    is no GPU)."""
 
+    installed: bool
+    cuda: CudaStatus | None = None
 
-def _record_for(engines: Path, onnx_path: Path) -> dict:
-    """The calibration record, checked against the weights the ONNX was exported from."""
-    record = load_record(_need(engines / RECORD_NAME, "the calibration record"))
-    info = read_onnx_info(onnx_path)
-    if info and record.get("model", {}).get("fingerprint") not in (None, info.fingerprint):
-        raise GhostedgeError(f"{engines / RECORD_NAME} was calibrated for other weights "
-                             f"({record['model']['fingerprint']}) than {onnx_path.name} ({info.fingerprint}): "
-                             "rerun ghostedge quantize")
-    return record
+    @property
+    def usable(self) -> bool:
+        return self.installed and self.cuda is not None and self.cuda.gpu is not None
+
+    @property
+    def why(self) -> str:
+        return "TensorRT is not installed" if not self.installed else (self.cuda.why if self.cuda else "")
 
 
 @functools.lru_cache(maxsize=1)
-def tensorrt_available() -> tuple[bool, str]:
-    """(usable, why not) for TensorRT on this machine; probed once per process (it imports TensorRT and
-    opens CUDA), as the pipeline's builds all ask."""
+def tensorrt_available() -> TensorRTStatus:
+    """TensorRT on this machine; probed once per process (it imports TensorRT and opens CUDA), as the
+    pipeline's builds all ask."""
     try:
         import tensorrt  # noqa: F401
     except ImportError:
-        return False, "TensorRT is not installed"
-    from .backends.tensorrt import cuda_probe
-
-    gpu, why = cuda_probe()
-    return gpu is not None, why
+        return TensorRTStatus(installed=False)
+    return TensorRTStatus(installed=True, cuda=cuda_status())
 
 
 def choose_backend(cfg: BuildConfig, say: Callable[[str], None]) -> Backend:
     if cfg.backend != Backend.auto:
         return cfg.backend
-    from .backends.tensorrt import cuda_absent
-
-    ok, why = tensorrt_available()
-    if ok:
+    st = tensorrt_available()
+    if st.usable:
         return Backend.tensorrt
-    if why != "TensorRT is not installed" and not cuda_absent(why):
+    if st.installed and not st.cuda.absent:
         # TensorRT is here and CUDA is broken (e.g. a cuda-python newer than the driver): falling back to the
         # CPU would hide that and fail later with a CPU message
-        raise GhostedgeError(f"TensorRT is installed but CUDA is not usable: {why} (or pass --backend onnxruntime "
+        raise GhostedgeError(f"TensorRT is installed but CUDA is not usable: {st.why} (or pass --backend onnxruntime "
                              "to build for this CPU)")
-    say(f"{why}: building for this CPU instead, choosing the engine by measurement (--backend auto)")
+    say(f"{st.why}: building for this CPU instead, choosing the engine by measurement (--backend auto)")
     return Backend.onnxruntime
 
 
@@ -169,21 +128,6 @@ def trtexec_command(onnx_name: str, cfg: BuildConfig, plat: Platform, engine_nam
     return " ".join(shlex.quote(a) for a in args)
 
 
-def _common_manifest(cfg: BuildConfig, src: Path, record: dict | None, info_src: Path) -> dict:
-    info = read_onnx_info(info_src)
-    return {
-        "precision": cfg.precision.value,
-        "built_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "ghostedge": __version__,
-        "source_onnx": {"path": str(src), "sha256": file_sha256(src)},
-        "calibration": ({"fingerprint": record["data"]["fingerprint"], "method": record["method"],
-                         "record_sha256": file_sha256(cfg.engines / RECORD_NAME)} if record else None),
-        "model": info.to_dict() if info else None,
-        "batch": list(resolve_batch(cfg)),
-        "host": {"machine": platform.machine(), "cpu": cpu_name(), "python": platform.python_version()},
-    }
-
-
 def _check_hardware_compat(cfg: BuildConfig, plat: Platform, gpu: dict | None) -> None:
     """AMPERE_PLUS engines are for Ampere and later discrete GPUs: not Xavier (sm_72), not JetPack."""
     if not cfg.hardware_compat:
@@ -211,18 +155,13 @@ def check_dla_version(ver: tuple[int, ...], plat: Platform) -> None:
     """--dla-core on this TensorRT and board (TensorRT 11.4.1 "Working with DLA": 10.7 was the last 10.x release
     with DLA, 11.0-11.3 have none, 11.4.0 has DLA only on Windows on ARM, 11.4.1 brings it back on Jetson AGX Orin
     with JetPack >= 7.2.2 only: not Thor, not Orin NX / Nano)."""
-    from .backends.tensorrt import dla_supported
+    from .backends.tensorrt.version import check_dla_release
 
-    here = ".".join(map(str, ver))
-    if not dla_supported(ver):
-        raise GhostedgeError(f"--dla-core: TensorRT {here} cannot build for DLA here (10.7 was the last 10.x release "
-                             "with DLA; 11.0-11.3 have none; 11.4.0 only on Windows on ARM; 11.4.1+ on Jetson AGX "
-                             "Orin with JetPack 7.2.2+): build for the GPU, or use JetPack 6 (TensorRT 10.3) / "
-                             "JetPack 5 (8.5) for DLA engines")
+    check_dla_release(ver)
     if ver[0] >= 11 and plat.target.name not in DLA_TARGETS_11:
-        raise GhostedgeError(f"--dla-core: TensorRT {here} supports DLA on Jetson AGX Orin only (TensorRT 11.4.1 "
-                             f"'Working with DLA'), not on {plat.target.description}: build for the GPU, or use "
-                             "JetPack 6 (TensorRT 10.3) for DLA engines there")
+        raise GhostedgeError(f"--dla-core: TensorRT {'.'.join(map(str, ver))} supports DLA on Jetson AGX Orin only "
+                             f"(TensorRT 11.4.1 'Working with DLA'), not on {plat.target.description}: build for the "
+                             "GPU, or use JetPack 6 (TensorRT 10.3) for DLA engines there")
 
 
 #: boards whose DLA TensorRT 11 supports (11.4.1 "Working with DLA": Jetson AGX Orin, JetPack >= 7.2.2)
@@ -249,8 +188,9 @@ def _cache_stamp_warning(cache: Path, plat: Platform, say: Callable[[str], None]
 
 def build_tensorrt(cfg: BuildConfig, say: Callable[[str], None], trt=None, gpu: dict | None = None) -> BuildResult:
     """``trt`` / ``gpu``: the TensorRT module and device description (default: import / query them)."""
-    from .backends.tensorrt import TrtBuildSettings, build_serialized, cuda_probe, import_tensorrt, \
-        use_strong_typing
+    from .backends.cuda import cuda_probe
+    from .backends.tensorrt import TrtBuildSettings, build_serialized, import_tensorrt, use_strong_typing
+    from .backends.tensorrt.version import check_dla_shape
     from .backends.tensorrt import version_tuple as trt_version
 
     t0 = time.time()
@@ -258,16 +198,15 @@ def build_tensorrt(cfg: BuildConfig, say: Callable[[str], None], trt=None, gpu: 
     check_dla(plat, cfg.dla_core)
     batch = resolve_batch(cfg)
     dla = cfg.dla_core is not None
-    if dla and len(set(batch)) != 1:
-        raise GhostedgeError(f"--dla-core needs a static shape (DLA: min = opt = max), not --batch "
-                             f"{':'.join(map(str, batch))}: pass --batch N (e.g. --batch {batch[1]})")
+    if dla:
+        check_dla_shape(batch)
     if cfg.precision.value not in plat.target.precisions:
         raise GhostedgeError(f"{plat.target.description} does not support {cfg.precision.value}")
     _check_hardware_compat(cfg, plat, gpu)
     calib_cache = cfg.calib_cache
     if calib_cache is not None and cfg.precision != Precision.int8:
         raise GhostedgeError("--calib-cache is for --int8 builds")
-    info_src = _need(cfg.engines / FP32_NAME, "the FP32 ONNX")
+    info_src = need_input(cfg.engines / FP32_NAME, "the FP32 ONNX")
     info = read_onnx_info(info_src)
     img = cfg.img_size or (info.preprocess.input_size if info else 224)
     out = cfg.out or cfg.engines / "ghostnet.plan"
@@ -291,14 +230,14 @@ def build_tensorrt(cfg: BuildConfig, say: Callable[[str], None], trt=None, gpu: 
         check_dla_version(ver, plat)
     if _uses_cache(cfg, calib_cache, ver) and calib_cache is None:
         # DLA INT8 before TensorRT 11 comes from implicit calibration only: the cache made from the same ranges
-        calib_cache = _need(cfg.engines / CACHE_NAME, f"the calibration cache (DLA INT8 on TensorRT {trt.__version__})")
+        calib_cache = need_input(cfg.engines / CACHE_NAME, f"the calibration cache (DLA INT8 on TensorRT {trt.__version__})")
         say(f"DLA INT8 on TensorRT {trt.__version__}: DLA takes INT8 from a calibration cache only (implicit "
             f"quantization), building from {IMPLICIT_NAME} and {CACHE_NAME} (the same calibration)")
     # implicit INT8 is built from the float graph carrying the Q/DQ graph's weights (quantize writes it), so the
     # engine is the model quantize measured, not the unrefined FP32 export
-    src = _need(cfg.engines / (IMPLICIT_NAME if calib_cache is not None else
+    src = need_input(cfg.engines / (IMPLICIT_NAME if calib_cache is not None else
                                INT8_NAME if cfg.precision == Precision.int8 else FP32_NAME), "the ONNX to build from")
-    record = _record_for(cfg.engines, src) if cfg.precision == Precision.int8 else None
+    record = record_for(cfg.engines, src) if cfg.precision == Precision.int8 else None
     if gpu is None:
         gpu, why = cuda_probe()
         if gpu is None:
@@ -344,7 +283,7 @@ def build_tensorrt(cfg: BuildConfig, say: Callable[[str], None], trt=None, gpu: 
     if cache_out is not None:
         write_bytes_atomic(cache_out, cache_bytes)
     write_bytes_atomic(out, data)
-    man = _common_manifest(cfg, src, record, info_src)
+    man = common_manifest(cfg, src, record, info_src)
     cache_name = (cache_out or calib_cache).name if cache_bytes is not None else None
     trtexec = trtexec_command(built_from.name, replace(cfg, batch=batch), plat, out.name, img, ver, strong,
                               cache_name)
@@ -365,14 +304,44 @@ def build_tensorrt(cfg: BuildConfig, say: Callable[[str], None], trt=None, gpu: 
                        dla_fallback_layers=rep.dla_fallback_layers)
 
 
+def build_torch_tensorrt(cfg: BuildConfig, say: Callable[[str], None]) -> BuildResult:
+    """The torch-tensorrt frontend: the PyTorch model compiled straight to a plan (``backends.torch_tensorrt``);
+    INT8 calibrated on the calibration images. ``cfg.batch`` is resolved by ``build``."""
+    from .backends.torch_tensorrt import TorchTrtSettings, check_available, compile_engine
+    from .data import batches, load_images, normalize, sample_images
+    from .model import load_model
+
+    check_available(cfg.precision)
+    t0 = time.time()
+    model, info = load_model(cfg.weights, spec=cfg.spec)
+    img = cfg.img_size or info.preprocess.input_size
+    calib = note = None
+    if cfg.precision == Precision.int8:
+        folder = cfg.calib or Path("calib")
+        u8, _, _ = load_images(sample_images(folder, 512), info.preprocess, what=f"calibration images in {folder}",
+                               needed=1)
+        calib, note = list(batches(normalize(u8, info.preprocess), 32)), {"folder": str(folder)}
+    eng = compile_engine(model, TorchTrtSettings(cfg.precision.value, tuple(cfg.batch), img), calib, note)
+    out = cfg.out or cfg.engines / "ghostnet.plan"
+    write_bytes_atomic(out, eng.data)
+    mp = write_manifest(out, {
+        "backend": "tensorrt", "frontend": "torch-tensorrt", "torch_tensorrt": eng.torch_tensorrt,
+        "tensorrt": eng.tensorrt, "precision": cfg.precision.value, "gpu": eng.gpu, "img_size": img,
+        "batch": list(cfg.batch), "model": info.to_dict(), "calibration": eng.calibration,
+        "io_dtype": eng.io_dtype, "compile_kwargs": eng.compile_kwargs,
+    })
+    say(f"compiled with torch-tensorrt {eng.torch_tensorrt} in {time.time() - t0:.0f}s")
+    return BuildResult(out, mp, "tensorrt", cfg.precision.value, round(time.time() - t0, 1))
+
+
 def build(cfg: BuildConfig, say: Callable[[str], None] = lambda s: None) -> BuildResult:
     if cfg.frontend == "torch-tensorrt":
-        from .backends.torch_tensorrt import build_torch_tensorrt, check_torch_tensorrt_options
+        from .backends.torch_tensorrt import check_torch_tensorrt_options
 
         check_torch_tensorrt_options(cfg)   # before torch is imported, and before --dla-core picks a batch
         return build_torch_tensorrt(replace(cfg, batch=resolve_batch(cfg)), say)
     if cfg.spec is not None and cfg.spec.given():  # the ONNX carries the description quantize was told
-        src = _need(cfg.engines / FP32_NAME, "the FP32 ONNX")
+        src = need_input(cfg.engines / FP32_NAME, "the FP32 ONNX")
         stored = read_onnx_info(src)
         if stored is not None:
             check_against(stored, cfg.spec, src.name)

@@ -38,15 +38,21 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field, replace
+from enum import Enum
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import onnx
 
+from .backends.base import logits_in_batches
 from .backends.common import BuildResult, Precision
+from .backends.registry import get as backend_named
+from .build_common import common_manifest, need_input, record_for, resolve_batch
 from .cpu import NO_OVERFLOW_WEIGHT_MAX, CpuInt8, host_cpu
 from .errors import GhostedgeError
+from .quantize import FP32_NAME, INT8_NAME, RECORD_NAME
+from .timing import time_runner
 
 #: time per candidate and batch size while choosing (plus a 200 ms warm-up)
 SELECT_SECONDS = 0.6
@@ -60,49 +66,77 @@ FAITHFUL_TOL_PTS = 0.3
 FAITHFUL_ALPHA = 0.1
 
 
+class Runtime(str, Enum):
+    """The CPU runtimes an engine is built for (``backends.registry`` names)."""
+
+    onnxruntime = "onnxruntime"
+    openvino = "openvino"
+
+
+class Graph(str, Enum):
+    """Which graph a CPU engine runs."""
+
+    fp32 = "fp32"            # the FP32 ONNX
+    qoperator = "qoperator"  # ORT QLinear ops from the calibrated ranges
+    qdq = "qdq"              # the TensorRT Q/DQ ONNX as it is
+    u8 = "u8"                # its CPU variant: ReLU outputs on the u8 grid, no shared Concat scales
+
+
+class Hint(str, Enum):
+    """OpenVINO's INFERENCE_PRECISION_HINT for the float layers."""
+
+    f32 = "f32"
+    bf16 = "bf16"
+
+
 @dataclass(frozen=True)
 class Variant:
     """One CPU engine recipe: which runtime, which graph, which weight grid."""
 
     name: str                   # e.g. "onnxruntime-u8s8", "openvino-u8w7-f32"
-    backend: str                # onnxruntime | openvino
-    graph: str = "fp32"         # fp32 | qoperator (ORT QLinear ops) | qdq (the TensorRT Q/DQ ONNX) | u8 (CPU variant)
+    backend: Runtime
+    graph: Graph = Graph.fp32
     weight_bits: int = 8        # 7: weights on [-64, 64], no int16 overflow without VNNI
     uint8_weights: bool = False  # ORT u8u8: weights + 128 with zero point 128 (MLAS's non-saturating kernels)
-    hint: str | None = None     # OpenVINO INFERENCE_PRECISION_HINT of the float layers
+    hint: Hint | None = None    # OpenVINO INFERENCE_PRECISION_HINT of the float layers
+
+    @property
+    def hint_name(self) -> str | None:
+        return self.hint.value if self.hint is not None else None
 
 
 def int8_variants(cpu: CpuInt8, openvino: bool, bf16: bool) -> list[Variant]:
     """The INT8 candidates for this CPU: none that can overflow an int16 intermediate here."""
     if cpu.ort_saturates:
-        out = [Variant("onnxruntime-u8s8w7", "onnxruntime", "qoperator", weight_bits=7),
-               Variant("onnxruntime-u8u8", "onnxruntime", "qoperator", uint8_weights=True)]
+        out = [Variant("onnxruntime-u8s8w7", Runtime.onnxruntime, Graph.qoperator, weight_bits=7),
+               Variant("onnxruntime-u8u8", Runtime.onnxruntime, Graph.qoperator, uint8_weights=True)]
     else:
-        out = [Variant("onnxruntime-u8s8", "onnxruntime", "qoperator")]
+        out = [Variant("onnxruntime-u8s8", Runtime.onnxruntime, Graph.qoperator)]
     if not openvino:
         return out
     if cpu.onednn_saturates:  # (the TensorRT-rule graph was unfaithful on OpenVINO even with VNNI: not tried)
-        out.append(Variant("openvino-u8w7-f32", "openvino", "u8", 7, hint="f32"))
+        out.append(Variant("openvino-u8w7-f32", Runtime.openvino, Graph.u8, 7, hint=Hint.f32))
         if bf16 and not cpu.onednn_isa:  # a capped oneDNN ISA has no bf16 convolutions
-            out.append(Variant("openvino-u8w7-bf16", "openvino", "u8", 7, hint="bf16"))
+            out.append(Variant("openvino-u8w7-bf16", Runtime.openvino, Graph.u8, 7, hint=Hint.bf16))
     else:
-        out += [Variant("openvino-qdq-f32", "openvino", "qdq", hint="f32"),
-                Variant("openvino-u8-f32", "openvino", "u8", hint="f32")]
+        out += [Variant("openvino-qdq-f32", Runtime.openvino, Graph.qdq, hint=Hint.f32),
+                Variant("openvino-u8-f32", Runtime.openvino, Graph.u8, hint=Hint.f32)]
         if bf16:
-            out.append(Variant("openvino-u8-bf16", "openvino", "u8", hint="bf16"))
+            out.append(Variant("openvino-u8-bf16", Runtime.openvino, Graph.u8, hint=Hint.bf16))
     return out
 
 
 def forced_variant(backend: str, int8: bool, cpu: CpuInt8) -> Variant:
     """The one engine ``--backend onnxruntime|openvino`` builds (no selection)."""
+    rt = Runtime(backend)
     if not int8:
-        return Variant(f"{backend}-fp32", backend, hint=None if backend == "onnxruntime" else "f32")
-    if backend == "onnxruntime":
-        return (Variant("onnxruntime-u8u8", backend, "qoperator", uint8_weights=True) if cpu.ort_saturates
-                else Variant("onnxruntime-u8s8", backend, "qoperator"))
+        return Variant(f"{rt.value}-fp32", rt, hint=None if rt == Runtime.onnxruntime else Hint.f32)
+    if rt == Runtime.onnxruntime:
+        return (Variant("onnxruntime-u8u8", rt, Graph.qoperator, uint8_weights=True) if cpu.ort_saturates
+                else Variant("onnxruntime-u8s8", rt, Graph.qoperator))
     # OpenVINO: the CPU variant (faithful on the CPUs measured), f32 float layers
-    return (Variant("openvino-u8w7-f32", backend, "u8", 7, hint="f32") if cpu.onednn_saturates
-            else Variant("openvino-u8-f32", backend, "u8", hint="f32"))
+    return (Variant("openvino-u8w7-f32", rt, Graph.u8, 7, hint=Hint.f32) if cpu.onednn_saturates
+            else Variant("openvino-u8-f32", rt, Graph.u8, hint=Hint.f32))
 
 
 @dataclass
@@ -126,7 +160,7 @@ class Candidate:
 
     def record(self) -> dict:
         v = self.variant
-        return {"name": v.name, "backend": v.backend, "precision_hint": v.hint, "graph": v.graph,
+        return {"name": v.name, "backend": v.backend.value, "precision_hint": v.hint_name, "graph": v.graph.value,
                 "weight_bits": v.weight_bits, "uint8_weights": v.uint8_weights,
                 "throughput": {b: round(t, 1) for b, t in self.throughput.items()},
                 "agreement_fp32": self.agreement_fp32, "agreement_with_qdq_estimate": self.agreement_estimate,
@@ -136,18 +170,18 @@ class Candidate:
 
 
 def _ext(backend: str) -> str:
-    return ".ort.onnx" if backend == "onnxruntime" else ".ov.xml"
+    return backend_named(backend).engine_suffix
 
 
 def default_out(engines: Path, precision: Precision, backend: str) -> Path:
     return engines / f"ghostnet.{precision.value}{_ext(backend)}"
 
 
-def _move_engine(src: Path, dst: Path) -> None:
-    """Move an engine (and an OpenVINO .bin) into place, .bin first."""
+def _move_engine(src: Path, dst: Path, backend: str) -> None:
+    """Move an engine (and its companion files, an OpenVINO .bin) into place, companions first."""
     dst.parent.mkdir(parents=True, exist_ok=True)
-    if src.suffix == ".xml":
-        os.replace(src.with_suffix(".bin"), dst.with_suffix(".bin"))
+    for companion in backend_named(backend).companions:
+        os.replace(src.with_suffix(companion), dst.with_suffix(companion))
     os.replace(src, dst)
 
 
@@ -159,10 +193,8 @@ CPU_FLOAT_PREFIX = ("/conv_stem/", "/blocks/blocks.0/")
 def build_onnxruntime_engine(cfg, dst: Path, record: dict | None,  # noqa: ANN001 (BuildConfig)
                              variant: Variant | None = None) -> Path:
     from .backends.onnxruntime import optimize_to, quantize_for_cpu, to_uint8_weights
-    from .build import FP32_NAME
-
     if cfg.precision == Precision.int8:
-        v = variant or forced_variant("onnxruntime", True, host_cpu())
+        v = variant or forced_variant(Runtime.onnxruntime, True, host_cpu())
         fp32 = onnx.load(str(cfg.engines / FP32_NAME))
         exclude = [n.name for n in fp32.graph.node if any(p in n.name for p in CPU_FLOAT_PREFIX)]
         exclude += [n for n in record.get("excluded_nodes", []) if "/se/" not in n]
@@ -189,9 +221,7 @@ def refined_float_graph(cfg) -> onnx.ModelProto:  # noqa: ANN001 (BuildConfig)
 
 
 def _qdq_onnx(cfg) -> onnx.ModelProto:  # noqa: ANN001 (BuildConfig)
-    from .build import INT8_NAME, _need
-
-    return onnx.load(str(_need(cfg.engines / INT8_NAME, "the Q/DQ ONNX")))
+    return onnx.load(str(need_input(cfg.engines / INT8_NAME, "the Q/DQ ONNX")))
 
 
 def cpu_qdq_variant(qdq: onnx.ModelProto, record: dict, fp32: onnx.ModelProto | None = None,
@@ -222,7 +252,6 @@ def refined_for_bits(cfg, record: dict, bits: int):  # noqa: ANN001,ANN201 (Buil
     bias correction) on the calibration images, from the FP32 ONNX: 7-bit weights rounded to nearest lose
     points of agreement that the same refinement as the 8-bit grid's mostly wins back. Computed once per
     record and process; without the calibration images, plain rounding (``refine.Refined`` without weights)."""
-    from .build import FP32_NAME, RECORD_NAME
     from .data import load_images, normalize
     from .export import read_onnx_info
     from .manifest import file_sha256
@@ -251,17 +280,16 @@ def refined_for_bits(cfg, record: dict, bits: int):  # noqa: ANN001,ANN201 (Buil
 def openvino_source(cfg, variant: Variant, record: dict | None) -> onnx.ModelProto:  # noqa: ANN001
     """The ONNX an OpenVINO engine is made from: the FP32 ONNX, the TensorRT Q/DQ ONNX, or its CPU variant;
     with 7-bit weights where ``variant`` asks for them."""
-    from .build import FP32_NAME
     from .qdq import with_weight_bits
 
     if cfg.precision != Precision.int8:
         return onnx.load(str(cfg.engines / FP32_NAME))
     qdq = _qdq_onnx(cfg)
-    if variant.weight_bits == 7 and variant.graph == "u8":
+    if variant.weight_bits == 7 and variant.graph == Graph.u8:
         r7 = refined_for_bits(cfg, record, 7)
         if r7.weights:
             return cpu_qdq_variant(qdq, record, onnx.load(str(cfg.engines / FP32_NAME)), r7)
-    model = cpu_qdq_variant(qdq, record) if variant.graph == "u8" else qdq
+    model = cpu_qdq_variant(qdq, record) if variant.graph == Graph.u8 else qdq
     return with_weight_bits(model, variant.weight_bits) if variant.weight_bits != 8 else model
 
 
@@ -288,7 +316,7 @@ def build_engine(cfg, variant: Variant, dst: Path, size: int, record: dict | Non
     FP32), for ``check_no_overflow``."""
     from .backends.onnxruntime import qoperator_weight_code_max
 
-    if variant.backend == "openvino":
+    if variant.backend == Runtime.openvino:
         return build_openvino_engine(cfg, dst, size, variant, record)
     build_onnxruntime_engine(cfg, dst, record, variant)
     return qoperator_weight_code_max(onnx.load(str(dst))) if cfg.precision == Precision.int8 else None
@@ -296,7 +324,7 @@ def build_engine(cfg, variant: Variant, dst: Path, size: int, record: dict | Non
 
 def check_no_overflow(variant: Variant, code_max: int | None, cpu: CpuInt8) -> None:
     """On a CPU whose int8 kernels add u8 x s8 pairs in int16, no weight may exceed NO_OVERFLOW_WEIGHT_MAX."""
-    saturates = cpu.ort_saturates if variant.backend == "onnxruntime" else cpu.onednn_saturates
+    saturates = cpu.ort_saturates if variant.backend == Runtime.onnxruntime else cpu.onednn_saturates
     if saturates and code_max is not None and code_max > NO_OVERFLOW_WEIGHT_MAX:
         raise GhostedgeError(f"{variant.name}: int8 weights up to {code_max} on a CPU whose int8 kernels saturate "
                              f"above {NO_OVERFLOW_WEIGHT_MAX} ({cpu.describe()}): this is a ghostedge bug, please "
@@ -398,13 +426,9 @@ def _judge(c: Candidate, got: np.ndarray, ref: np.ndarray, est: np.ndarray) -> N
 
 
 def _open(c: Candidate, threads: int):  # noqa: ANN202
-    if c.variant.backend == "openvino":
-        from .backends.openvino import OpenVinoRunner
-
-        return OpenVinoRunner(c.path, threads=threads, precision_hint=c.variant.hint or "f32")
-    from .backends.onnxruntime import OnnxRuntimeRunner
-
-    return OnnxRuntimeRunner(c.path, threads=threads)
+    runner, _ = backend_named(c.variant.backend).open_runner(c.path, threads=threads,
+                                                             precision_hint=c.variant.hint_name or "f32")
+    return runner
 
 
 def _candidates(cfg, tmp: Path, cpu: CpuInt8) -> list[Candidate]:  # noqa: ANN001
@@ -419,8 +443,8 @@ def _candidates(cfg, tmp: Path, cpu: CpuInt8) -> list[Candidate]:  # noqa: ANN00
     if cfg.precision == Precision.int8:
         variants = int8_variants(cpu, have_ov, bf16)
     else:  # an FP32 engine stays FP32 (no bf16 float layers)
-        variants = [Variant("onnxruntime-fp32", "onnxruntime")] + \
-            ([Variant("openvino-fp32", "openvino", hint="f32")] if have_ov else [])
+        variants = [Variant("onnxruntime-fp32", Runtime.onnxruntime)] + \
+            ([Variant("openvino-fp32", Runtime.openvino, hint=Hint.f32)] if have_ov else [])
     # engines that differ only in the precision hint share one file
     files = {(v.backend, v.graph, v.weight_bits, v.uint8_weights) for v in variants}
     key = {k: tmp / f"c{i}{_ext(k[0])}" for i, k in enumerate(sorted(files))}
@@ -456,8 +480,6 @@ def _shortfall_reason(cpu: CpuInt8) -> str:
 def choose_cpu_engine(cfg, say: Callable[[str], None], threads: int = 0,  # noqa: ANN001
                       cpu: CpuInt8 | None = None) -> BuildResult:
     """Build every CPU candidate, time and check each here, keep the fastest faithful one."""
-    from .bench import _logits, time_runner
-    from .build import FP32_NAME, INT8_NAME, RECORD_NAME, _need, _record_for, resolve_batch
     from .estimate import qdq_logits
     from .export import read_onnx_info
     from .model import ModelInfo
@@ -465,10 +487,10 @@ def choose_cpu_engine(cfg, say: Callable[[str], None], threads: int = 0,  # noqa
 
     t0 = time.time()
     cpu, probe = (cpu, None) if cpu is not None else probed_host(say)
-    fp32_path = _need(cfg.engines / FP32_NAME, "the FP32 ONNX")
+    fp32_path = need_input(cfg.engines / FP32_NAME, "the FP32 ONNX")
     int8 = cfg.precision == Precision.int8
     have_record = int8 or (cfg.engines / RECORD_NAME).is_file()
-    calib_record = _record_for(cfg.engines, fp32_path) if have_record else None
+    calib_record = record_for(cfg.engines, fp32_path) if have_record else None
     record = calib_record if int8 else None
     info = read_onnx_info(fp32_path) or ModelInfo()
     size = cfg.img_size or info.preprocess.input_size
@@ -486,7 +508,7 @@ def choose_cpu_engine(cfg, say: Callable[[str], None], threads: int = 0,  # noqa
     say(f"  checking on {images['real']} held-out + {images['synthetic']} synthetic images"
         + (f" ({images['note']})" if images["note"] else ""))
     ref = ort_logits(fp32_path, x, threads=threads)
-    est = qdq_logits(_need(cfg.engines / INT8_NAME, "the Q/DQ ONNX"), x, threads=threads) if int8 else ref
+    est = qdq_logits(need_input(cfg.engines / INT8_NAME, "the Q/DQ ONNX"), x, threads=threads) if int8 else ref
     est_agree = float((est.argmax(1) == ref.argmax(1)).mean() * 100)
     rng = np.random.default_rng(0)
     inputs = {b: rng.standard_normal((b, 3, size, size), dtype=np.float32) for b in batches}
@@ -502,7 +524,7 @@ def choose_cpu_engine(cfg, say: Callable[[str], None], threads: int = 0,  # noqa
                 check_no_overflow(c.variant, built[c.path], cpu)
                 c.build_seconds = time.time() - tc
                 with _open(c, threads) as r:
-                    _judge(c, _logits(r, x, 32), ref, est)
+                    _judge(c, logits_in_batches(r, x, 32), ref, est)
                     for b in batches:
                         c.throughput[str(b)] = time_runner(r, inputs[b], 1, None, SELECT_SECONDS).throughput
             except Exception as e:  # noqa: BLE001 (a runtime's own error: this candidate is out, the choice goes on)
@@ -532,8 +554,8 @@ def choose_cpu_engine(cfg, say: Callable[[str], None], threads: int = 0,  # noqa
         out = cfg.out or default_out(cfg.engines, cfg.precision, best.variant.backend)
         if cfg.out is not None and not str(out).endswith(_ext(best.variant.backend).split(".")[-1]):
             out = Path(str(out.with_suffix("")) + _ext(best.variant.backend))
-            say(f"  --out renamed to {out.name}: the fastest engine here is {best.variant.backend}")
-        _move_engine(best.path, out)
+            say(f"  --out renamed to {out.name}: the fastest engine here is {best.variant.backend.value}")
+        _move_engine(best.path, out, best.variant.backend)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     say(f"  chose {best.name} ({', '.join(f'batch {b}: {v:.0f} img/s' for b, v in best.throughput.items())}) "
@@ -548,14 +570,14 @@ def choose_cpu_engine(cfg, say: Callable[[str], None], threads: int = 0,  # noqa
 
 
 def _activations(v: Variant) -> str:
-    if v.graph == "qoperator":
+    if v.graph == Graph.qoperator:
         w = ("uint8 (zero point 128: the int8 grid + 128)" if v.uint8_weights else
              "int8 per-channel" + (" on a 7-bit grid [-64, 64] (reduce_range)" if v.weight_bits == 7 else ""))
         return f"uint8 asymmetric per-tensor from the calibrated ranges, weights {w} (QOperator)"
     w = " on a 7-bit grid [-64, 64]" if v.weight_bits == 7 else ""
-    if v.graph == "qdq":
+    if v.graph == Graph.qdq:
         return f"the TensorRT-rule Q/DQ graph as FakeQuantize (int8 convs), weights{w or ' on its int8 grid'}"
-    if v.graph == "u8":
+    if v.graph == Graph.u8:
         return ("the calibrated ranges as FakeQuantize, ReLU outputs on the u8 grid [0, amax], others s8 "
                 f"[-amax, amax], weights int8 per-channel{w}")
     return "float32"
@@ -563,14 +585,13 @@ def _activations(v: Variant) -> str:
 
 def _write_cpu_manifest(cfg, variant: Variant, record: dict | None, fp32_path: Path,  # noqa: ANN001
                         t0: float, selection: dict | None, code_max: int | None) -> BuildResult:
-    from .build import _common_manifest
     from .manifest import write_manifest
 
-    man = _common_manifest(cfg, fp32_path, record, fp32_path)
+    man = common_manifest(cfg, fp32_path, record, fp32_path)
     man["variant"] = variant.name
     man["activations"] = _activations(variant) if record else "float32"
     man["weight_code_max"] = code_max
-    if variant.backend == "onnxruntime":
+    if variant.backend == Runtime.onnxruntime:
         import onnxruntime as ort
 
         man.update({"backend": "onnxruntime", "onnxruntime": ort.__version__, "device": "cpu"})
@@ -579,22 +600,21 @@ def _write_cpu_manifest(cfg, variant: Variant, record: dict | None, fp32_path: P
 
         native = ((man.get("model") or {}).get("preprocess") or {}).get("input_size")
         man.update({"backend": "openvino", "openvino": import_openvino().__version__, "device": "cpu",
-                    "precision_hint": variant.hint, "img_size": cfg.img_size or native})
+                    "precision_hint": variant.hint_name, "img_size": cfg.img_size or native})
     if selection:
         man["selection"] = selection
     mp = write_manifest(cfg.out, man)
-    return BuildResult(cfg.out, mp, variant.backend, cfg.precision.value, round(time.time() - t0, 1))
+    return BuildResult(cfg.out, mp, variant.backend.value, cfg.precision.value, round(time.time() - t0, 1))
 
 
 def build_cpu(cfg, backend: str, say: Callable[[str], None], cpu: CpuInt8 | None = None) -> BuildResult:  # noqa: ANN001
     """One CPU engine of a forced backend (no selection); on a CPU without VNNI, one that cannot saturate."""
-    from .build import FP32_NAME, _need, _record_for
     from .export import read_onnx_info
 
     t0 = time.time()
     cpu = cpu if cpu is not None else probed_host(say)[0]
-    fp32_path = _need(cfg.engines / FP32_NAME, "the FP32 ONNX")
-    record = _record_for(cfg.engines, fp32_path) if cfg.precision == Precision.int8 else None
+    fp32_path = need_input(cfg.engines / FP32_NAME, "the FP32 ONNX")
+    record = record_for(cfg.engines, fp32_path) if cfg.precision == Precision.int8 else None
     out = cfg.out or default_out(cfg.engines, cfg.precision, backend)
     v = forced_variant(backend, record is not None, cpu)
     tmp = out.with_name(f".{out.name}.{os.getpid()}{_ext(backend)}")
@@ -602,7 +622,7 @@ def build_cpu(cfg, backend: str, say: Callable[[str], None], cpu: CpuInt8 | None
         info = read_onnx_info(fp32_path)
         code_max = build_engine(cfg, v, tmp, cfg.img_size or (info.preprocess.input_size if info else 224), record)
         check_no_overflow(v, code_max, cpu)
-        _move_engine(tmp, out)
+        _move_engine(tmp, out, backend)
     finally:
         for f in (tmp, tmp.with_suffix(".bin")):
             f.unlink(missing_ok=True)

@@ -9,13 +9,13 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .backends.torch import torch_logits
 from .data import labelled_set, load_images, normalize
 from .drift import accuracy
 from .errors import GhostedgeError
 from .model import ModelSpec, load_model
 from .resources import check_batch
 from .state import torch_threads
-from .quantize import torch_logits
 
 
 @dataclass

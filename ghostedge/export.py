@@ -18,6 +18,7 @@ import onnx
 import torch
 import torch.nn as nn
 
+from .backends.onnxruntime import ort_session  # noqa: F401 (calibrate, estimate, quantize open sessions with it)
 from .errors import CheckFailed, GhostedgeError, atomic_path
 from .model import GhostNet, ModelInfo, same_preprocess
 
@@ -162,34 +163,6 @@ def to_onnx_proto(model: GhostNet, info: ModelInfo, img_size: int | None = None)
         proto.metadata_props.add(key=k, value=v)
     onnx.checker.check_model(proto)
     return proto
-
-
-def ort_session(model: onnx.ModelProto | str | Path, threads: int = 0, optimize: bool = True,
-                float_qdq: bool = False, optimized_path: str | Path | None = None):
-    """A CPU session. ``float_qdq``: Q/DQ nodes stay float ops (no fusion into the host's int8 kernels, see
-    ``estimate``); ``optimized_path``: where ONNX Runtime writes the graph it actually runs."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    if threads:
-        so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    # no spinning: a thread pool left spinning slows whatever runs next in this process
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    so.log_severity_level = 3
-    if not optimize:
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    elif float_qdq:
-        # EXTENDED, not ALL: the NCHWc layout of level ALL blocks channels by the host's vector width, so its
-        # summation order (and a rounding flip at a Q/DQ) would differ between AVX2 and AVX-512 hosts
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-        so.add_session_config_entry("session.disable_quant_qdq", "1")
-        # level 1's DoubleQDQPairsRemover has its own switch: it would merge Q->DQ->Q->DQ under a new scale
-        so.add_session_config_entry("session.disable_double_qdq_remover", "1")
-    if optimized_path is not None:
-        so.optimized_model_filepath = str(optimized_path)
-    src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
-    return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
 
 
 def parity(model: GhostNet, proto: onnx.ModelProto, x: np.ndarray) -> float:

@@ -18,14 +18,14 @@ import onnx
 import torch
 
 from . import __version__
-from .backends.torch import TorchRunner
+from .backends.torch import TorchRunner, torch_logits  # noqa: F401 (torch_logits: re-exported)
 from .calibrate import Method, TensorStats, collect_stats, compute_amax
 from .data import batches, fingerprint_files, labelled_set, load_images, normalize, sample_images
 from .drift import DriftResult, compare, judge
 from .estimate import MEASURED_WITH, qdq_logits, qdq_runner
 from .errors import GhostedgeError, write_bytes_atomic, write_text_atomic
 from .export import INPUT_NAME, export_onnx, onnx_is_current, ort_session
-from .model import GhostNet, ModelSpec, load_model
+from .model import ModelSpec, load_model
 from .resources import check_batch, check_images, check_logits
 from .qdq import QMAX, implicit_cache_tensors, insert_qdq, off_grid_channels, plan_placement, quantizable_nodes, \
     strip_qdq
@@ -143,14 +143,6 @@ def tool_versions() -> dict[str, str]:
 
 # ---------------------------------------------------------------------------------------------
 # running models
-
-def torch_logits(model: GhostNet, x: np.ndarray, batch: int = 64) -> np.ndarray:
-    outs = []
-    with torch.inference_mode():
-        for xb in batches(x, batch):
-            outs.append(model(torch.from_numpy(xb)).numpy())
-    return np.concatenate(outs) if outs else np.zeros((0, model.num_classes), np.float32)
-
 
 def ort_logits(proto_or_path, x: np.ndarray, batch: int = 64, threads: int = 0) -> np.ndarray:
     sess = ort_session(proto_or_path, threads=threads)

@@ -7,6 +7,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from .backends.registry import all_backends, strip_engine_suffix
 from .errors import GhostedgeError, atomic_path, write_text_atomic
 
 
@@ -28,12 +29,9 @@ def engine_label(r: dict) -> str:
     """A short label for terminal tables: 'int8 ort', 'fp16 trt', 'fp32 ov', 'pytorch'."""
     if r.get("backend") == "torch":
         return "pytorch"
-    short = {"onnxruntime": "ort", "openvino": "ov", "tensorrt": "trt"}.get(r.get("backend", ""), r.get("backend", "?"))
-    name = Path(r["path"]).name
-    for suffix in (".ort.onnx", ".ov.xml", ".plan", ".engine", ".onnx", ".xml"):
-        if name.endswith(suffix):
-            name = name[: -len(suffix)]
-            break
+    known = all_backends()
+    short = known[r["backend"]].label if r.get("backend") in known else r.get("backend", "?")
+    name = strip_engine_suffix(Path(r["path"]).name)
     stem = name.replace("ghostnet.", "").replace("ghostnet", "")
     label = f"{r.get('precision', '?')} {short}"
     if stem and stem != r.get("precision"):

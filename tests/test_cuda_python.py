@@ -51,7 +51,7 @@ try:
     from cuda.bindings import runtime as rt
 except ImportError:
     from cuda import cudart as rt
-from ghostedge.backends.tensorrt import _Cuda
+from ghostedge.backends.cuda import Cuda
 from ghostedge.errors import GhostedgeError
 
 made, outcomes = [], {}
@@ -79,7 +79,7 @@ class Proxy:
             return (ok, SUCCESS[name]()) if name in SUCCESS else (ok, None)
         return call
 
-cu = _Cuda(Proxy())
+cu = Cuda(Proxy())
 assert cu.device_count() == 1
 info = cu.device_info()
 ptr = cu.malloc(1024)
@@ -101,7 +101,7 @@ cu.stream_handle(st)
 cu.destroy_event(e0)
 cu.destroy_stream(st)
 # and unproxied: the real binding, no driver -> a named GhostedgeError, never a TypeError
-real = _Cuda(rt)
+real = Cuda(rt)
 try:
     real.device_count()
     plain = "no error"
@@ -110,7 +110,7 @@ except GhostedgeError as e:
 # what build's backend choice makes of it, with a TensorRT module importable (the wheel installed, no driver)
 import types
 sys.modules["tensorrt"] = types.ModuleType("tensorrt")
-from ghostedge.backends.tensorrt import cuda_absent, cuda_probe
+from ghostedge.backends.cuda import cuda_absent, cuda_probe
 from ghostedge.build import BuildConfig, choose_backend
 gpu, why = cuda_probe()
 said = []
@@ -124,7 +124,7 @@ print(json.dumps({"made": sorted(set(made)), "outcomes": outcomes, "plain": plai
 
 
 def _cudart_names_in_source() -> set[str]:
-    src = (ROOT / "ghostedge" / "backends" / "tensorrt.py").read_text()
+    src = (ROOT / "ghostedge" / "backends" / "cuda.py").read_text()
     return set(re.findall(r'_call\("(cuda\w+)"', src))
 
 

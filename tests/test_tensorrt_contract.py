@@ -234,7 +234,7 @@ class _HostCuda:
         return 0.5
 
     def capture(self, st, launch):
-        if launch() is False:   # as _Cuda.capture: a refused enqueue under capture gives no graph
+        if launch() is False:   # as Cuda.capture: a refused enqueue under capture gives no graph
             return None
         g = ("graph", len(self.graphs))
         self.graphs[g] = list(self.tensor_addresses.values())
@@ -351,7 +351,7 @@ def test_d03_version_compatible_plans_deserialize_with_host_code_allowed(tmp_pat
 
 
 def test_d03_manifest_check_knows_version_compatible_and_hardware_compatible_rules():
-    from ghostedge.bench import check_plan_manifest, runtime_can_load
+    from ghostedge.backends.tensorrt import check_plan_manifest, runtime_can_load
 
     assert runtime_can_load("10.3.0", "10.16.1", True) and runtime_can_load("8.6.1", "10.3.0", True)
     assert runtime_can_load("10.3.0", "11.4.0", True) and not runtime_can_load("8.6.1", "11.4.0", True)
@@ -472,13 +472,13 @@ def test_d10_hardware_compat_only_on_ampere_plus_dgpus(engines_copy: Path, targe
 
 @pytest.mark.parametrize("version", VERSIONS)
 def test_d13_batches_outside_the_profile(tmp_path: Path, version: str):
-    from ghostedge.bench import _logits
+    from ghostedge.backends.base import logits_in_batches
 
     trt = _engine_fake(version, [(8, 3, 8, 8), (8, 3, 8, 8), (8, 3, 8, 8)])  # a static (DLA-like) engine
     with _runner(tmp_path, trt, _HostCuda()) as r:
         with pytest.raises(GhostedgeError, match="outside the engine's profile"):
             r.infer(np.zeros((3, 3, 8, 8), np.float32))
-        y = _logits(r, np.zeros((21, 3, 8, 8), np.float32), 32)   # 8 + 8 + 5 padded to 8, trimmed
+        y = logits_in_batches(r, np.zeros((21, 3, 8, 8), np.float32), 32)   # 8 + 8 + 5 padded to 8, trimmed
         assert y.shape == (21, 3)
     # TensorRT refusing a shape is an error, not a silent run with the old shape
     trt2 = _engine_fake(version, [(1, 3, 8, 8), (4, 3, 8, 8), (8, 3, 8, 8)])
@@ -543,7 +543,7 @@ def test_d16_runner_sets_the_dla_core_before_deserializing(tmp_path: Path, versi
 
 
 def test_d17_cuda_errors_are_named_not_no_device():
-    from ghostedge.backends.tensorrt import _Cuda
+    from ghostedge.backends.cuda import Cuda
 
     class Err(int):
         name = "cudaErrorInsufficientDriver"
@@ -562,8 +562,8 @@ def test_d17_cuda_errors_are_named_not_no_device():
             return (0, self.driver)
 
     with pytest.raises(GhostedgeError, match="cudaErrorInsufficientDriver.*CUDA 12.6.*cuda-python"):
-        _Cuda(Rt(Err(35))).device_count()
-    assert _Cuda(Rt(NoDev(100))).device_count() == 0
+        Cuda(Rt(Err(35))).device_count()
+    assert Cuda(Rt(NoDev(100))).device_count() == 0
     pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
     import re
 
@@ -617,7 +617,7 @@ def test_d21_warmup_lasts_at_least_200_ms():
     import time
 
     from ghostedge.backends.base import BaseRunner
-    from ghostedge.bench import MIN_WARMUP_S, time_runner
+    from ghostedge.timing import MIN_WARMUP_S, time_runner
 
     class Fast(BaseRunner):
         calls: list = []
@@ -789,9 +789,9 @@ def test_i18_03_failed_cuda_graph_capture_falls_back_without_a_graph(tmp_path: P
 
 
 def test_i18_03_cuda_capture_ends_and_cleans_up_after_a_refused_enqueue():
-    """_Cuda.capture against a cudart whose calls are recorded: a False enqueue ends the capture, destroys the
+    """Cuda.capture against a cudart whose calls are recorded: a False enqueue ends the capture, destroys the
     graph it returned and clears the error (sampleDevice.h endCaptureOnError), and instantiates nothing."""
-    from ghostedge.backends.tensorrt import _Cuda
+    from ghostedge.backends.cuda import Cuda
 
     calls = []
 
@@ -806,7 +806,7 @@ def test_i18_03_cuda_capture_ends_and_cleans_up_after_a_refused_enqueue():
                     if name == "cudaGraphInstantiateWithFlags" else (0,)
             return call
 
-    cu = _Cuda(Rt())
+    cu = Cuda(Rt())
     assert cu.capture(7, lambda: False) is None
     assert calls == ["cudaStreamBeginCapture", "cudaStreamEndCapture", "cudaGraphDestroy", "cudaGetLastError"]
     calls.clear()
@@ -902,7 +902,7 @@ def test_i18_05_bench_and_inspect_name_the_cuda_error(tmp_path: Path, monkeypatc
     import sys
     import types
 
-    import ghostedge.backends.tensorrt as backend
+    import ghostedge.backends.cuda as backend
     from ghostedge.bench import open_runner
     from ghostedge.manifest import write_manifest
 

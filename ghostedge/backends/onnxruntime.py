@@ -14,7 +14,9 @@ import numpy as np
 import onnx
 
 from ..errors import GhostedgeError, atomic_path
-from .base import BaseRunner
+from ..manifest import read_manifest
+from .base import Backend, BaseRunner, TensorInfo
+from .layers import annotate_layers
 
 
 def concat_groups(model: onnx.ModelProto) -> list[list[str]]:
@@ -182,6 +184,34 @@ def optimize_to(model: onnx.ModelProto, dst: str | Path) -> Path:
     return Path(dst)
 
 
+def ort_session(model: onnx.ModelProto | str | Path, threads: int = 0, optimize: bool = True,
+                float_qdq: bool = False, optimized_path: str | Path | None = None):
+    """A CPU session. ``float_qdq``: Q/DQ nodes stay float ops (no fusion into the host's int8 kernels, see
+    ``estimate``); ``optimized_path``: where ONNX Runtime writes the graph it actually runs."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    if threads:
+        so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    # no spinning: a thread pool left spinning slows whatever runs next in this process
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.log_severity_level = 3
+    if not optimize:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    elif float_qdq:
+        # EXTENDED, not ALL: the NCHWc layout of level ALL blocks channels by the host's vector width, so its
+        # summation order (and a rounding flip at a Q/DQ) would differ between AVX2 and AVX-512 hosts
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        so.add_session_config_entry("session.disable_quant_qdq", "1")
+        # level 1's DoubleQDQPairsRemover has its own switch: it would merge Q->DQ->Q->DQ under a new scale
+        so.add_session_config_entry("session.disable_double_qdq_remover", "1")
+    if optimized_path is not None:
+        so.optimized_model_filepath = str(optimized_path)
+    src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+
+
 class OnnxRuntimeRunner(BaseRunner):
     """Runs an ONNX file on ONNX Runtime's CPU execution provider."""
 
@@ -194,8 +224,6 @@ class OnnxRuntimeRunner(BaseRunner):
         self.sess = None
 
     def activate_impl(self) -> None:
-        from ..export import ort_session
-
         try:
             self.sess = ort_session(self.path, threads=self.threads)
         except Exception as e:
@@ -209,3 +237,67 @@ class OnnxRuntimeRunner(BaseRunner):
 
     def deactivate_impl(self) -> None:
         self.sess = None
+
+    def io_impl(self) -> tuple[list[TensorInfo], list[TensorInfo]]:
+        return [_tensor_info(a) for a in self.sess.get_inputs()], [_tensor_info(a) for a in self.sess.get_outputs()]
+
+
+#: ONNX Runtime's type strings -> numpy dtype names
+_ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
+              "tensor(int8)": "int8", "tensor(uint8)": "uint8", "tensor(int32)": "int32", "tensor(int64)": "int64",
+              "tensor(bool)": "bool"}
+
+
+def _tensor_info(arg) -> TensorInfo:  # noqa: ANN001 (onnxruntime.NodeArg)
+    shape = tuple(d if isinstance(d, (int, str)) else -1 for d in (arg.shape or ()))
+    return TensorInfo(arg.name, _ORT_TYPES.get(arg.type, arg.type), shape)
+
+
+def guess_precision(path: Path) -> str:
+    """An engine's precision from its name, for engines without a manifest."""
+    n = path.name.lower()
+    return "int8" if "int8" in n else "fp16" if "fp16" in n else "fp32"
+
+
+def open_engine(path: Path, threads: int = 0, cuda_graph: bool = False,
+                precision_hint: str | None = None) -> tuple[OnnxRuntimeRunner, dict | None]:
+    """A runner for an ONNX engine (ghostedge's .ort.onnx or any .onnx), with its manifest when it has one.
+    (``cuda_graph``, ``precision_hint``: other runtimes' options; ONNX Runtime on the CPU has neither.)"""
+    try:
+        onnx.load(str(path), load_external_data=False)
+    except Exception:  # protobuf's DecodeError and friends: truncated or not ONNX at all
+        raise GhostedgeError(f"{path} is not a readable ONNX model (truncated or another kind of file): "
+                             "rebuild it with ghostedge build") from None
+    runner = OnnxRuntimeRunner(path, threads=threads)
+    man = read_manifest(path, required=False)
+    runner.precision = (man or {}).get("precision") or guess_precision(path)
+    return runner, man
+
+
+#: QOperator / Q/DQ ops that compute or carry int8
+INT8_OPS = {"QLinearConv", "QLinearAdd", "QLinearConcat", "QLinearMul", "QLinearGlobalAveragePool", "QGemm",
+            "QLinearMatMul", "QuantizeLinear", "DequantizeLinear", "QLinearSigmoid"}
+
+
+def inspect_onnx(path: Path) -> list[dict]:
+    """The graph's nodes as layers: an int8 op runs int8; only a float Conv/Gemm in an INT8 engine is a fallback."""
+    try:
+        m = onnx.load(str(path), load_external_data=False)
+    except Exception:
+        raise GhostedgeError(f"{path} is not a readable ONNX model: rebuild it with ghostedge build") from None
+    quantized = any(n.op_type in INT8_OPS for n in m.graph.node)
+    rows = []
+    for n in m.graph.node:
+        prec = "int8" if n.op_type in INT8_OPS else "fp32"
+        rows.append({"name": n.name or n.output[0], "type": n.op_type, "precision": prec, "device": "CPU",
+                     "tactic": n.domain or "ai.onnx"})
+    rows = annotate_layers(rows)
+    for r in rows:  # only a float Conv/Gemm in an INT8 engine is a fallback; elsewhere float is the point
+        if not quantized or r["type"] not in ("Conv", "Gemm", "MatMul"):
+            r["flags"] = [f for f in r["flags"] if f != "fp32"]
+    return rows
+
+
+BACKEND = Backend(name="onnxruntime", label="ort", suffixes=(".ort.onnx", ".onnx"),
+                  loads=("onnx", "calibration"), open_runner=open_engine, build=optimize_to, inspect=inspect_onnx,
+                  fixed_shape=False, onnx_engine=True)

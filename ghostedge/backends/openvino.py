@@ -16,7 +16,10 @@ from typing import Any
 import numpy as np
 
 from ..errors import GhostedgeError
-from .base import BaseRunner
+from ..manifest import read_manifest
+from .base import Backend, BaseRunner, TensorInfo
+from .layers import annotate_layers
+
 
 def import_openvino() -> Any:
     try:
@@ -101,6 +104,13 @@ class OpenVinoRunner(BaseRunner):
     def deactivate_impl(self) -> None:
         self.request = self.compiled = None
 
+    def io_impl(self) -> tuple[list[TensorInfo], list[TensorInfo]]:
+        def info(port) -> TensorInfo:  # noqa: ANN001 (openvino Output port)
+            shape = tuple(d.get_length() if d.is_static else -1 for d in port.get_partial_shape())
+            return TensorInfo(port.get_any_name(), port.get_element_type().to_dtype().name, shape)
+
+        return [info(p) for p in self.compiled.inputs], [info(p) for p in self.compiled.outputs]
+
     def layers(self) -> list[dict]:
         """Per-layer rows of the compiled (runtime) model: type, the precision it runs in."""
         rows = []
@@ -116,3 +126,34 @@ class OpenVinoRunner(BaseRunner):
                                        "f16": "fp16"}.get(prec, prec),
                          "device": "CPU", "tactic": get("primitiveType")})
         return rows
+
+
+def open_engine(path: Path, threads: int = 0, cuda_graph: bool = False,
+                precision_hint: str | None = None) -> tuple[OpenVinoRunner, dict | None]:
+    """A runner for an OpenVINO IR, with the float-layer precision hint (``precision_hint``, else what its
+    manifest records, else f32) and the precision its manifest records."""
+    from .onnxruntime import guess_precision
+
+    man = read_manifest(path, required=False)
+    hint = precision_hint or (man or {}).get("precision_hint") or "f32"
+    runner = OpenVinoRunner(path, threads=threads, precision_hint=hint)
+    runner.precision = (man or {}).get("precision") or guess_precision(path)
+    return runner, man
+
+
+def inspect_openvino(path: Path) -> list[dict]:
+    """The compiled model's runtime view: each layer's type and the precision OpenVINO runs it in."""
+    man = read_manifest(path, required=False) or {}
+    with OpenVinoRunner(path, precision_hint=man.get("precision_hint") or "f32") as r:
+        rows = annotate_layers(r.layers())
+    quantized = any(x["precision"] == "int8" for x in rows)
+    for x in rows:  # a float conv in an INT8 engine is a fallback; reorders / float glue are not
+        if not quantized or x["type"] not in ("Convolution", "FullyConnected", "MatMul"):
+            x["flags"] = [f for f in x["flags"] if f != "fp32"]
+        if x["type"] == "Reorder" and "reformat" not in x["flags"]:
+            x["flags"].append("reformat")
+    return rows
+
+
+BACKEND = Backend(name="openvino", label="ov", suffixes=(".ov.xml", ".xml"), loads=("onnx", "qdq-onnx"),
+                  open_runner=open_engine, build=save_ir, inspect=inspect_openvino, companions=(".bin",))

@@ -17,21 +17,12 @@ torch-tensorrt needs a CUDA PyTorch anyway, and brings no cuda-python.
 
 from __future__ import annotations
 
-import time
-from pathlib import Path
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any
 
-from ..errors import GhostedgeError, write_bytes_atomic
-from ..manifest import write_manifest
-from .common import BuildResult, Precision
-
-
-def _calibration_batches(folder: Path, info, n: int = 512, batch: int = 32):  # noqa: ANN001,ANN202
-    from ..data import batches, load_images, normalize, sample_images
-
-    u8, _, _ = load_images(sample_images(folder, n), info.preprocess, what=f"calibration images in {folder}",
-                           needed=1)
-    return list(batches(normalize(u8, info.preprocess), batch))
+from ..errors import GhostedgeError
+from .base import Backend
+from .common import Precision
 
 
 def tt_version(version: str) -> tuple[int, int]:
@@ -83,44 +74,74 @@ def device_info() -> dict:
             "cuda_driver": None}
 
 
-def build_torch_tensorrt(cfg, say: Callable[[str], None]) -> BuildResult:  # noqa: ANN001 (BuildConfig)
-    from ..model import load_model
+@dataclass
+class TorchTrtSettings:
+    """What the torch-tensorrt builder is asked for (built by the build stage from its config)."""
 
+    precision: str = "fp16"                          # fp32 | fp16 | int8
+    batch: tuple[int, int, int] = (1, 8, 32)         # min, opt, max
+    img_size: int = 224
+
+
+@dataclass
+class TorchTrtEngine:
+    """A compiled engine and what it was compiled with."""
+
+    data: bytes
+    gpu: dict
+    torch_tensorrt: str
+    tensorrt: str
+    io_dtype: str
+    compile_kwargs: list[str]
+    calibration: dict | None = None
+
+
+def check_available(precision: str) -> None:
+    """torch-tensorrt (and ModelOpt for INT8) importable and a CUDA device present, before any model is loaded."""
     try:
         import torch
-        import torch_tensorrt
+        import torch_tensorrt  # noqa: F401
     except ImportError:
         raise GhostedgeError("torch-tensorrt is not installed: pip install 'ghostedge[torch-tensorrt]' on a "
                              "GPU host, or use the default --frontend onnx") from None
-    mtq = export_torch_mode = None
-    if cfg.precision == Precision.int8:
+    if precision == Precision.int8:
         try:
-            import modelopt.torch.quantization as mtq
-            from modelopt.torch.quantization.utils import export_torch_mode
+            import modelopt.torch.quantization  # noqa: F401
+            from modelopt.torch.quantization.utils import export_torch_mode  # noqa: F401
         except ImportError:
             raise GhostedgeError("--frontend torch-tensorrt --int8 quantizes with NVIDIA ModelOpt: pip install "
                                  "nvidia-modelopt, or use the default --frontend onnx (Q/DQ ONNX)") from None
     if not torch.cuda.is_available():
         raise GhostedgeError("--frontend torch-tensorrt needs a CUDA device and a CUDA build of PyTorch")
+
+
+def compile_engine(model, s: TorchTrtSettings, calib: list | None = None,  # noqa: ANN001 (nn.Module)
+                   calib_note: dict | None = None) -> TorchTrtEngine:
+    """``torch.export`` then torch-tensorrt's serialized engine, the precision asked for as this torch-tensorrt
+    version wants it (``precision_plan``); INT8: ModelOpt Q/DQ calibrated on ``calib`` (NCHW float batches)."""
+    import torch
+    import torch_tensorrt
+
+    mtq = export_torch_mode = None
+    if s.precision == Precision.int8:
+        import modelopt.torch.quantization as mtq
+        from modelopt.torch.quantization.utils import export_torch_mode
+    check_available(s.precision)
     gpu = device_info()
-    t0 = time.time()
-    kwargs, dtype_name = precision_plan(torch_tensorrt.__version__, cfg.precision.value)
+    kwargs, dtype_name = precision_plan(torch_tensorrt.__version__, str(getattr(s.precision, "value", s.precision)))
     dtypes = {"float32": torch.float32, "float16": torch.float16, "int8": torch.int8}
     if "enabled_precisions" in kwargs:
         kwargs["enabled_precisions"] = {dtypes[d] for d in kwargs["enabled_precisions"]}
     dtype = dtypes[dtype_name]
-    model, info = load_model(cfg.weights, spec=cfg.spec)
     model = model.cuda().eval().to(dtype)
-    img = cfg.img_size or info.preprocess.input_size
-    b0, b1, b2 = cfg.batch  # resolved by build() (1:8:32 unless --batch)
+    img = s.img_size
+    b0, b1, b2 = s.batch
     example = torch.randn(b1, 3, img, img, device="cuda", dtype=dtype)
     dims = {"x": {0: torch.export.Dim("batch", min=b0, max=b2)}} if b0 != b2 else None
     inp = torch_tensorrt.Input(min_shape=(b0, 3, img, img), opt_shape=(b1, 3, img, img),
                                max_shape=(b2, 3, img, img), dtype=dtype, name="input")
-    calib_note = None
-    if cfg.precision == Precision.int8:
-        folder = cfg.calib or Path("calib")
-        xs = _calibration_batches(folder, info)
+    if s.precision == Precision.int8:
+        xs = calib or []
 
         def forward_loop(m):  # noqa: ANN001,ANN202
             with torch.no_grad():
@@ -128,7 +149,7 @@ def build_torch_tensorrt(cfg, say: Callable[[str], None]) -> BuildResult:  # noq
                     m(torch.from_numpy(xb).cuda().to(dtype))
 
         mtq.quantize(model, mtq.INT8_DEFAULT_CFG, forward_loop=forward_loop)
-        calib_note = {"folder": str(folder), "images": sum(len(b) for b in xs), "tool": "modelopt INT8_DEFAULT_CFG"}
+        calib_note = {**(calib_note or {}), "images": sum(len(b) for b in xs), "tool": "modelopt INT8_DEFAULT_CFG"}
     with torch.no_grad():
         if export_torch_mode is not None:
             with export_torch_mode():
@@ -136,15 +157,12 @@ def build_torch_tensorrt(cfg, say: Callable[[str], None]) -> BuildResult:  # noq
         else:
             ep = torch.export.export(model, (example,), dynamic_shapes=dims)
         data = torch_tensorrt.dynamo.convert_exported_program_to_serialized_trt_engine(ep, arg_inputs=[inp], **kwargs)
-    out = cfg.out or cfg.engines / "ghostnet.plan"
-    write_bytes_atomic(out, bytes(data))
     import tensorrt
 
-    mp = write_manifest(out, {
-        "backend": "tensorrt", "frontend": "torch-tensorrt", "torch_tensorrt": torch_tensorrt.__version__,
-        "tensorrt": tensorrt.__version__, "precision": cfg.precision.value, "gpu": gpu, "img_size": img,
-        "batch": [b0, b1, b2], "model": info.to_dict(), "calibration": calib_note,
-        "io_dtype": dtype_name, "compile_kwargs": sorted(kwargs),
-    })
-    say(f"compiled with torch-tensorrt {torch_tensorrt.__version__} in {time.time() - t0:.0f}s")
-    return BuildResult(out, mp, "tensorrt", cfg.precision.value, round(time.time() - t0, 1))
+    return TorchTrtEngine(bytes(data), gpu, torch_tensorrt.__version__, tensorrt.__version__, dtype_name,
+                          sorted(kwargs), calib_note if s.precision == Precision.int8 else None)
+
+
+#: a builder of TensorRT engines from the PyTorch checkpoint (no runner of its own: its plans run on tensorrt)
+BACKEND = Backend(name="torch_tensorrt", label="trt", loads=("checkpoint",), build=compile_engine,
+                  produces="tensorrt")
