@@ -24,7 +24,8 @@ from .data import class_folders, find_images, labelled_set
 from .drift import accuracy, compare, judge
 from .errors import CheckFailed, GhostedgeError
 from .manifest import cpu_flags, cpu_name
-from .model import ModelInfo, ModelSpec, check_against, load_model
+from .card import ModelCard, card_for_onnx, read_onnx_card
+from .checkpoint import ModelSpec, check_against, load_model
 from .resources import check_batch, check_logits
 from .stream import ImageSet, Streamed, with_reference
 from .timing import MIN_WARMUP_S, Timing, time_runner  # noqa: F401 (MIN_WARMUP_S: re-exported)
@@ -133,7 +134,7 @@ def environment(threads: int) -> dict:
     return env
 
 
-def _eval_set(cfg: BenchConfig, info: ModelInfo) -> ImageSet:
+def _eval_set(cfg: BenchConfig, info: ModelCard) -> ImageSet:
     """The --eval images as files (streamed later, never all in memory), labelled when the folder has
     class subfolders."""
     root = cfg.eval_dir
@@ -158,6 +159,14 @@ def _eval_set(cfg: BenchConfig, info: ModelInfo) -> ImageSet:
     return ImageSet(paths, None, f"eval images in {root}", Path(root))
 
 
+def _foreign_card(path: Path) -> ModelCard:
+    """The card of an engine ghostedge did not describe: a foreign ONNX's static input shape, else an error."""
+    if path.suffix == ".onnx":
+        return card_for_onnx(path)
+    raise GhostedgeError(f"{path.name} has no manifest beside it to say its input size: give the input size, "
+                         "or rebuild it with ghostedge build")
+
+
 def bench(cfg: BenchConfig, say: Callable[[str], None] = lambda s: None,
           progress: Callable[[str, int, int], None] | None = None) -> dict:
     if not cfg.engines:
@@ -173,14 +182,12 @@ def bench(cfg: BenchConfig, say: Callable[[str], None] = lambda s: None,
     fixed_shape = {p: backend_for_path(p).fixed_shape for p in cfg.engines}   # else any batch and size
 
     # the model the engines were built from
-    infos = [ModelInfo.from_dict(m["model"]) for _, _, m in opened if m and m.get("model")]
+    infos = [ModelCard.from_dict(m["model"]) for _, _, m in opened if m and m.get("model")]
     if not infos:
-        from .export import read_onnx_info
-
-        infos = [i for i in (read_onnx_info(p) for p, _, _ in opened if backend_for_path(p).onnx_engine) if i]
+        infos = [i for i in (read_onnx_card(p) for p, _, _ in opened if backend_for_path(p).onnx_engine) if i]
     if len({i.fingerprint for i in infos}) > 1:
         raise GhostedgeError("the engines were built from different weights: bench engines of one model at a time")
-    if len({i.preprocess.describe() for i in infos}) > 1:
+    if len({i.input.describe() for i in infos}) > 1:
         raise GhostedgeError("the engines were made with different preprocessing: bench engines of one "
                              "quantize run at a time")
     if infos:
@@ -195,9 +202,9 @@ def bench(cfg: BenchConfig, say: Callable[[str], None] = lambda s: None,
             raise GhostedgeError(f"the engines were built from weights {infos[0].fingerprint}, the baseline "
                                  f"weights are {info.fingerprint}: pass the engines' --weights")
         if infos:  # the description the engines carry (stated once, at quantize) wins over a re-read sidecar
-            info.preprocess, info.classes, info.wnids = infos[0].preprocess, infos[0].classes, infos[0].wnids
+            info.input, info.classes, info.wnids = infos[0].input, infos[0].classes, infos[0].wnids
     info = info or (infos[0] if infos else None)
-    size = cfg.img_size or (info.preprocess.input_size if info else 224)
+    size = cfg.img_size or (info or _foreign_card(opened[0][0])).input.input_size
     if size < 32:
         raise GhostedgeError(f"--img-size {size} is too small: GhostNet downsamples 32x, use >= 32")
     check_batch(max(cfg.batches), size, info.width if info else 1.0)
@@ -219,7 +226,7 @@ def bench(cfg: BenchConfig, say: Callable[[str], None] = lambda s: None,
         if info is None:
             raise GhostedgeError("--eval needs the model's classes: bench engines built by ghostedge")
         # accuracy at the model's native resolution, unless a fixed-shape engine was built for another
-        eval_size = info.preprocess.input_size
+        eval_size = info.input.input_size
         fixed = {m.get("img_size") for p, _, m in opened if m and fixed_shape[p] and m.get("img_size")}
         if fixed:
             eval_size = fixed.pop()
@@ -307,7 +314,7 @@ CALIBRATION_NOTE = ("agreement with FP32 on the calibration images themselves (s
                     "DIR (real labelled images) for drift")
 
 
-def _drift_pass(cfg: BenchConfig, ev: ImageSet, info: ModelInfo, size: int, model, opened,  # noqa: ANN001
+def _drift_pass(cfg: BenchConfig, ev: ImageSet, info: ModelCard, size: int, model, opened,  # noqa: ANN001
                 progress: Callable[[str, int, int], None] | None, say: Callable[[str], None]) -> Streamed:
     """One pass over the eval images, every engine (and the FP32 reference unless cached) on each batch."""
     from contextlib import ExitStack
@@ -326,7 +333,7 @@ def _drift_pass(cfg: BenchConfig, ev: ImageSet, info: ModelInfo, size: int, mode
             tr = stack.enter_context(TorchRunner(model, threads=cfg.threads))
             return tr.infer
 
-        return with_reference(ev, info, info.preprocess, size, models, reference, batch, tick,
+        return with_reference(ev, info, info.input, size, models, reference, batch, tick,
                               use_cache=cfg.reference_cache, say=say)
 
 

@@ -20,9 +20,10 @@ from .backends.cuda import CudaStatus, cuda_status
 from .build_common import DEFAULT_BATCH, DLA_BATCH, BuildConfig, common_manifest, need_input, record_for, \
     resolve_batch  # noqa: F401  (BuildConfig, DEFAULT_BATCH, DLA_BATCH: re-exported)
 from .errors import GhostedgeError, write_bytes_atomic
-from .export import INPUT_NAME, fp16_onnx, read_onnx_info
+from .card import card_for_onnx, read_onnx_card
+from .export import INPUT_NAME, fp16_onnx
 from .manifest import file_sha256, version_tuple, write_manifest
-from .model import check_against
+from .checkpoint import check_against
 from .quantize import CACHE_NAME, FP32_NAME, IMPLICIT_NAME, INT8_NAME, calib_cache_text, parse_calib_cache, \
     trt_version_int
 from .targets import Platform, check_dla, resolve
@@ -207,8 +208,8 @@ def build_tensorrt(cfg: BuildConfig, say: Callable[[str], None], trt=None, gpu: 
     if calib_cache is not None and cfg.precision != Precision.int8:
         raise GhostedgeError("--calib-cache is for --int8 builds")
     info_src = need_input(cfg.engines / FP32_NAME, "the FP32 ONNX")
-    info = read_onnx_info(info_src)
-    img = cfg.img_size or (info.preprocess.input_size if info else 224)
+    info = card_for_onnx(info_src)
+    img = cfg.img_size or info.input.input_size
     out = cfg.out or cfg.engines / "ghostnet.plan"
     try:
         trt = trt or import_tensorrt()
@@ -309,18 +310,18 @@ def build_torch_tensorrt(cfg: BuildConfig, say: Callable[[str], None]) -> BuildR
     INT8 calibrated on the calibration images. ``cfg.batch`` is resolved by ``build``."""
     from .backends.torch_tensorrt import TorchTrtSettings, check_available, compile_engine
     from .data import batches, load_images, normalize, sample_images
-    from .model import load_model
+    from .checkpoint import load_model
 
     check_available(cfg.precision)
     t0 = time.time()
     model, info = load_model(cfg.weights, spec=cfg.spec)
-    img = cfg.img_size or info.preprocess.input_size
+    img = cfg.img_size or info.input.input_size
     calib = note = None
     if cfg.precision == Precision.int8:
         folder = cfg.calib or Path("calib")
-        u8, _, _ = load_images(sample_images(folder, 512), info.preprocess, what=f"calibration images in {folder}",
+        u8, _, _ = load_images(sample_images(folder, 512), info.input, what=f"calibration images in {folder}",
                                needed=1)
-        calib, note = list(batches(normalize(u8, info.preprocess), 32)), {"folder": str(folder)}
+        calib, note = list(batches(normalize(u8, info.input), 32)), {"folder": str(folder)}
     eng = compile_engine(model, TorchTrtSettings(cfg.precision.value, tuple(cfg.batch), img), calib, note)
     out = cfg.out or cfg.engines / "ghostnet.plan"
     write_bytes_atomic(out, eng.data)
@@ -342,7 +343,7 @@ def build(cfg: BuildConfig, say: Callable[[str], None] = lambda s: None) -> Buil
         return build_torch_tensorrt(replace(cfg, batch=resolve_batch(cfg)), say)
     if cfg.spec is not None and cfg.spec.given():  # the ONNX carries the description quantize was told
         src = need_input(cfg.engines / FP32_NAME, "the FP32 ONNX")
-        stored = read_onnx_info(src)
+        stored = read_onnx_card(src)
         if stored is not None:
             check_against(stored, cfg.spec, src.name)
     backend = choose_backend(cfg, say)

@@ -12,9 +12,9 @@ from pathlib import Path
 from . import __version__
 from .backends.common import Backend, Precision
 from .errors import GhostedgeError
-from .export import read_onnx_info
+from .card import read_onnx_card
 from .manifest import cpu_name, file_sha256
-from .model import ModelSpec
+from .checkpoint import ModelSpec
 from .quantize import FP32_NAME, INT8_NAME, RECORD_NAME, load_record
 
 @dataclass
@@ -62,7 +62,7 @@ def need_input(path: Path, what: str) -> Path:
 def record_for(engines: Path, onnx_path: Path) -> dict:
     """The calibration record, checked against the weights the ONNX was exported from."""
     record = load_record(need_input(engines / RECORD_NAME, "the calibration record"))
-    info = read_onnx_info(onnx_path)
+    info = read_onnx_card(onnx_path)
     if info and record.get("model", {}).get("fingerprint") not in (None, info.fingerprint):
         raise GhostedgeError(f"{engines / RECORD_NAME} was calibrated for other weights "
                              f"({record['model']['fingerprint']}) than {onnx_path.name} ({info.fingerprint}): "
@@ -71,7 +71,7 @@ def record_for(engines: Path, onnx_path: Path) -> dict:
 
 
 def common_manifest(cfg: BuildConfig, src: Path, record: dict | None, info_src: Path) -> dict:
-    info = read_onnx_info(info_src)
+    info = read_onnx_card(info_src)
     return {
         "precision": cfg.precision.value,
         "built_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

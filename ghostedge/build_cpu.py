@@ -253,7 +253,7 @@ def refined_for_bits(cfg, record: dict, bits: int):  # noqa: ANN001,ANN201 (Buil
     points of agreement that the same refinement as the 8-bit grid's mostly wins back. Computed once per
     record and process; without the calibration images, plain rounding (``refine.Refined`` without weights)."""
     from .data import load_images, normalize
-    from .export import read_onnx_info
+    from .card import read_onnx_card, card_for_onnx
     from .manifest import file_sha256
     from .qdq import plan_placement
     from .refine import RefineConfig, Refined, refine
@@ -266,13 +266,13 @@ def refined_for_bits(cfg, record: dict, bits: int):  # noqa: ANN001,ANN201 (Buil
     rc = RefineConfig(weight_qmax=float(2 ** (bits - 1)))
     folder = Path(cfg.calib or record["data"]["folder"])
     paths = [folder / p for p in record["data"].get("paths", [])][:rc.images]
-    info = read_onnx_info(fp32)
+    info = read_onnx_card(fp32)
     if not paths or not all(p.is_file() for p in paths) or info is None:
         out = Refined(amax=amax)     # nothing to refine on: round to nearest (insert_qdq's default grid)
     else:
-        u8, _, _ = load_images(paths, info.preprocess, what=f"calibration images in {folder}")
+        u8, _, _ = load_images(paths, info.input, what=f"calibration images in {folder}")
         pl = plan_placement(fp32, set(record.get("excluded_nodes", [])), concat_groups=False)
-        out = refine(fp32, pl, {}, amax, normalize(u8, info.preprocess), rc)
+        out = refine(fp32, pl, {}, amax, normalize(u8, info.input), rc)
     _REFINED[key] = out
     return out
 
@@ -382,11 +382,11 @@ def check_images(cfg, record: dict | None, info, size: int,  # noqa: ANN001
     rng.shuffle(rest)
     rng.shuffle(calib)   # mosaics from every class, not the first folders
     # unreadable files are skipped here, never fatal: they were never calibration images either
-    real, _, _ = load_images(rest[:n], info.preprocess, size, what=f"held-out images in {folder}", needed=0,
+    real, _, _ = load_images(rest[:n], info.input, size, what=f"held-out images in {folder}", needed=0,
                              strict=False)
     parts, synth = [real], 0
     if len(real) < n and calib:   # top up to n, so the check's power does not depend on the folder
-        cal_u8, _, _ = load_images(calib[:256], info.preprocess, size, what=f"calibration images in {folder}",
+        cal_u8, _, _ = load_images(calib[:256], info.input, size, what=f"calibration images in {folder}",
                                    strict=False)
         synth = n - len(real)
         parts.append(mosaics(cal_u8, synth, seed))
@@ -396,7 +396,7 @@ def check_images(cfg, record: dict | None, info, size: int,  # noqa: ANN001
     x = np.concatenate(parts)
     if len(x) == 0:
         raise GhostedgeError(f"no image of {folder} can be read to check the CPU engines: pass --calib DIR")
-    return normalize(x, info.preprocess), {"folder": str(folder), "real": len(real), "synthetic": synth,
+    return normalize(x, info.input), {"folder": str(folder), "real": len(real), "synthetic": synth,
                                            "note": note.rstrip("; ") or None}
 
 
@@ -481,8 +481,7 @@ def choose_cpu_engine(cfg, say: Callable[[str], None], threads: int = 0,  # noqa
                       cpu: CpuInt8 | None = None) -> BuildResult:
     """Build every CPU candidate, time and check each here, keep the fastest faithful one."""
     from .estimate import qdq_logits
-    from .export import read_onnx_info
-    from .model import ModelInfo
+    from .card import card_for_onnx
     from .quantize import ort_logits
 
     t0 = time.time()
@@ -492,8 +491,8 @@ def choose_cpu_engine(cfg, say: Callable[[str], None], threads: int = 0,  # noqa
     have_record = int8 or (cfg.engines / RECORD_NAME).is_file()
     calib_record = record_for(cfg.engines, fp32_path) if have_record else None
     record = calib_record if int8 else None
-    info = read_onnx_info(fp32_path) or ModelInfo()
-    size = cfg.img_size or info.preprocess.input_size
+    info = card_for_onnx(fp32_path)
+    size = cfg.img_size or info.input.input_size
     b0, _, b2 = resolve_batch(cfg)
     batches = sorted({b0, b2})
     try:
@@ -609,7 +608,7 @@ def _write_cpu_manifest(cfg, variant: Variant, record: dict | None, fp32_path: P
 
 def build_cpu(cfg, backend: str, say: Callable[[str], None], cpu: CpuInt8 | None = None) -> BuildResult:  # noqa: ANN001
     """One CPU engine of a forced backend (no selection); on a CPU without VNNI, one that cannot saturate."""
-    from .export import read_onnx_info
+    from .card import read_onnx_card, card_for_onnx
 
     t0 = time.time()
     cpu = cpu if cpu is not None else probed_host(say)[0]
@@ -619,8 +618,8 @@ def build_cpu(cfg, backend: str, say: Callable[[str], None], cpu: CpuInt8 | None
     v = forced_variant(backend, record is not None, cpu)
     tmp = out.with_name(f".{out.name}.{os.getpid()}{_ext(backend)}")
     try:  # built and checked under a temporary name, then moved into place
-        info = read_onnx_info(fp32_path)
-        code_max = build_engine(cfg, v, tmp, cfg.img_size or (info.preprocess.input_size if info else 224), record)
+        info = read_onnx_card(fp32_path)
+        code_max = build_engine(cfg, v, tmp, cfg.img_size or card_for_onnx(fp32_path).input.input_size, record)
         check_no_overflow(v, code_max, cpu)
         _move_engine(tmp, out, backend)
     finally:

@@ -45,7 +45,7 @@ ClassesOpt = Annotated[Optional[Path], typer.Option(
 
 def model_spec(num_classes: int | None = None, preprocess: str | None = None, classes: Path | None = None):  # noqa: ANN201
     """The command line's description of a checkpoint (a ``ModelSpec``)."""
-    from .model import ModelSpec
+    from .checkpoint import ModelSpec
 
     return ModelSpec(num_classes=num_classes, preprocess=preprocess, classes=classes)
 

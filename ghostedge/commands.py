@@ -126,7 +126,7 @@ def info(
     as_json: JsonOpt = False,
 ) -> None:
     """Model summary: width, classes, parameters, MACs, preprocessing, weights source."""
-    from .model import load_model, model_summary
+    from .checkpoint import load_model, model_summary
 
     model, mi = load_model(weights, spec=model_spec(num_classes, preprocess, classes))
     s = model_summary(model, mi, img_size)
@@ -140,7 +140,7 @@ def info(
     shown["classes"] = f"{len(s['classes'])}: " + ", ".join(s["classes"][:10]) + (" ..." if len(s["classes"]) > 10 else "")
     shown["params"] = f"{s['params']:,}"
     shown["macs"] = f"{s['macs'] / 1e6:.1f} M at {s['img_size']}x{s['img_size']}"
-    shown["preprocess"] = mi.preprocess.describe()
+    shown["preprocess"] = mi.input.describe()
     shown["described_by"] = ", ".join(s["described_by"])
     for k, v in shown.items():
         t.add_row(k, str(v))
@@ -162,15 +162,15 @@ def export(
     """Export the FP32 ONNX (opset 17, BN folded, dynamic batch) and check parity with PyTorch."""
     from .data import find_images, load_images, normalize, sample_images
     from .export import export_onnx
-    from .model import load_model
+    from .checkpoint import load_model
 
     model, mi = load_model(weights, spec=model_spec(num_classes, preprocess, classes))
     xr = None
     if real is None and Path("calib").is_dir() and find_images("calib"):
         real = Path("calib")
     if real is not None:
-        u8, _, _ = load_images(sample_images(real, 8), mi.preprocess, img_size, what=f"images in {real}")
-        xr = normalize(u8, mi.preprocess)
+        u8, _, _ = load_images(sample_images(real, 8), mi.input, img_size, what=f"images in {real}")
+        xr = normalize(u8, mi.input)
     r = export_onnx(model, mi, out_path, img_size, real_inputs=xr)
     res = {"path": str(r.path), "opset": r.opset, "nodes": r.nodes, "parity_random_max_abs": r.parity_random,
            "parity_real_max_abs": r.parity_real, "passed": r.passed}

@@ -19,8 +19,8 @@ from typing import Iterator, Sequence
 import numpy as np
 from PIL import Image, ImageOps
 
+from .card import InputSpec, unnamed_classes
 from .errors import GhostedgeError
-from .model import Preprocess, unnamed_classes
 
 IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 #: more than this share of unreadable images in a set is an error, not a warning
@@ -63,14 +63,14 @@ def open_rgb(path: str | Path) -> Image.Image:
         return im.convert("RGB")
 
 
-def resize_crop(im: Image.Image, pre: Preprocess, size: int | None = None) -> Image.Image:
+def resize_crop(im: Image.Image, pre: InputSpec, size: int | None = None) -> Image.Image:
     """Resize the short side to size/crop_pct, then center-crop size x size.
 
     Pixel for pixel as torchvision's ``Resize(short) + CenterCrop(size)`` on PIL images (what timm and
     most training code use): the long side is truncated, the crop offset rounded.
     """
     size = size or pre.input_size
-    scale_size = int(round(size / pre.crop_pct))
+    scale_size = pre.resize_for(size)
     w, h = im.size
     if w <= h:
         nw, nh = scale_size, max(size, int(scale_size * h / w))
@@ -82,19 +82,19 @@ def resize_crop(im: Image.Image, pre: Preprocess, size: int | None = None) -> Im
     return im.crop((left, top, left + size, top + size))
 
 
-def normalize(batch_u8: np.ndarray, pre: Preprocess) -> np.ndarray:
+def normalize(batch_u8: np.ndarray, pre: InputSpec) -> np.ndarray:
     """NHWC uint8 -> NCHW float32 normalized."""
     x = batch_u8.astype(np.float32) / 255.0
     x = (x - np.asarray(pre.mean, np.float32)) / np.asarray(pre.std, np.float32)
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
 
-def load_image(path: str | Path, pre: Preprocess, size: int | None = None) -> np.ndarray:
+def load_image(path: str | Path, pre: InputSpec, size: int | None = None) -> np.ndarray:
     """One image as HWC uint8 after resize and crop."""
     return np.asarray(resize_crop(open_rgb(path), pre, size), dtype=np.uint8)
 
 
-def preprocess_file(path: str | Path, pre: Preprocess, size: int | None = None) -> np.ndarray:
+def preprocess_file(path: str | Path, pre: InputSpec, size: int | None = None) -> np.ndarray:
     """One image as a (1, 3, S, S) float32 model input."""
     return normalize(load_image(path, pre, size)[None], pre)
 
@@ -119,7 +119,7 @@ class LoadReport:
                                  f"(first: {self.bad[0][0]}): repair or remove them")
 
 
-def decode_images(paths: Sequence[Path], pre: Preprocess, size: int | None = None) -> tuple[np.ndarray, list[int],
+def decode_images(paths: Sequence[Path], pre: InputSpec, size: int | None = None) -> tuple[np.ndarray, list[int],
                                                                                           LoadReport]:
     """Decode paths to NHWC uint8; unreadable files are skipped and counted (nothing raised). Returns the
     kept indices."""
@@ -136,7 +136,7 @@ def decode_images(paths: Sequence[Path], pre: Preprocess, size: int | None = Non
     return arr, kept, rep
 
 
-def load_images(paths: Sequence[Path], pre: Preprocess, size: int | None = None,
+def load_images(paths: Sequence[Path], pre: InputSpec, size: int | None = None,
                 what: str = "images", needed: int = 1, strict: bool = True
                 ) -> tuple[np.ndarray, list[int], LoadReport]:
     """decode_images, then a warning for skipped files and an error below needed usable ones or (strict)

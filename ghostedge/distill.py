@@ -20,8 +20,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
+from .checkpoint import ModelSpec, load_model
 from .errors import GhostedgeError, atomic_path, write_text_atomic
-from .model import ModelSpec, load_model
 from .resources import check_batch
 from .state import seeded, torch_threads
 
@@ -52,8 +52,8 @@ def distill(cfg: DistillConfig, progress: Callable[[int, int, float], None] | No
 def _distill(cfg: DistillConfig, progress: Callable[[int, int, float], None] | None) -> dict:
     model, info = load_model(cfg.weights, spec=cfg.spec)
     model.eval()
-    pre = info.preprocess
-    size = int(round(pre.input_size / pre.crop_pct))
+    pre = info.input
+    size = pre.resize
     check_batch(cfg.batch * 3, size, info.width)  # forward + backward through the input
     mean = torch.tensor(pre.mean).view(1, 3, 1, 1)
     std = torch.tensor(pre.std).view(1, 3, 1, 1)

@@ -13,7 +13,7 @@ from .backends.torch import torch_logits
 from .data import labelled_set, load_images, normalize
 from .drift import accuracy
 from .errors import GhostedgeError
-from .model import ModelSpec, load_model
+from .checkpoint import ModelSpec, load_model
 from .resources import check_batch
 from .state import torch_threads
 
@@ -38,7 +38,7 @@ def _evaluate(cfg: EvalConfig, progress: Callable[[int, int], None] | None) -> d
     if cfg.batch < 1:
         raise GhostedgeError("--batch must be at least 1")
     model, info = load_model(cfg.weights, cfg.num_classes, spec=cfg.spec)
-    size = cfg.img_size or info.preprocess.input_size
+    size = cfg.img_size or info.input.input_size
     if size < 32:
         raise GhostedgeError(f"--img-size {size} is too small: GhostNet downsamples 32x, use >= 32")
     check_batch(cfg.batch, size, info.width)
@@ -46,8 +46,8 @@ def _evaluate(cfg: EvalConfig, progress: Callable[[int, int], None] | None) -> d
     logits, labels = [], []
     chunk = 256
     for i in range(0, len(ds.paths), chunk):
-        u8, kept, _ = load_images(ds.paths[i:i + chunk], info.preprocess, size, what=f"images in {cfg.data}")
-        logits.append(torch_logits(model, normalize(u8, info.preprocess), cfg.batch))
+        u8, kept, _ = load_images(ds.paths[i:i + chunk], info.input, size, what=f"images in {cfg.data}")
+        logits.append(torch_logits(model, normalize(u8, info.input), cfg.batch))
         labels += [ds.labels[i + k] for k in kept]
         if progress:
             progress(min(i + chunk, len(ds.paths)), len(ds.paths))
@@ -70,6 +70,6 @@ def _evaluate(cfg: EvalConfig, progress: Callable[[int, int], None] | None) -> d
     for (t, p), n in sorted(pairs.items(), key=lambda kv: -kv[1])[:10]:
         confusions.append({"true": info.classes[t], "predicted": info.classes[p], "count": n})
     return {"data": str(cfg.data), "weights": info.source, "fingerprint": info.fingerprint, "img_size": size,
-            "preprocess": info.preprocess.describe(), "class_folders": dict(zip(ds.folder_names, ds.folder_classes)),
+            "preprocess": info.input.describe(), "class_folders": dict(zip(ds.folder_names, ds.folder_classes)),
             "n": acc.n, "top1": round(acc.top1, 2), "top5": round(acc.top5, 2), "per_class": per_class,
             "top_confusions": confusions, "skipped": len(ds.paths) - acc.n}

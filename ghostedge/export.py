@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import io
-import json
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +19,8 @@ import torch.nn as nn
 
 from .backends.onnxruntime import ort_session  # noqa: F401 (calibrate, estimate, quantize open sessions with it)
 from .errors import CheckFailed, GhostedgeError, atomic_path
-from .model import GhostNet, ModelInfo, same_preprocess
+from .card import ModelCard, read_onnx_card, write_onnx_card
+from .model import GhostNet
 
 OPSET = 17
 INPUT_NAME = "input"
@@ -28,7 +28,6 @@ OUTPUT_NAME = "logits"
 PARITY_ATOL = 1e-4
 #: FP16's smallest normal number (2**-14): the floor for Q/DQ scales in FP16-typed graphs
 FP16_MIN_NORMAL = 2.0 ** -14
-METADATA_KEY = "ghostedge"
 
 
 @dataclass
@@ -80,22 +79,6 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     return m
 
 
-def onnx_metadata(info: ModelInfo) -> dict[str, str]:
-    return {METADATA_KEY: json.dumps(info.to_dict()), "fingerprint": info.fingerprint,
-            "preprocess": json.dumps(info.preprocess.to_dict()), "width": str(info.width),
-            "classes": json.dumps(info.classes)}
-
-
-def read_onnx_info(model: onnx.ModelProto | str | Path) -> ModelInfo | None:
-    """The ModelInfo a ghostedge export stored in the ONNX metadata (None for foreign files)."""
-    if not isinstance(model, onnx.ModelProto):
-        model = onnx.load(str(model), load_external_data=False)
-    for p in model.metadata_props:
-        if p.key == METADATA_KEY:
-            return ModelInfo.from_dict(json.loads(p.value))
-    return None
-
-
 def constants_to_initializers(proto: onnx.ModelProto) -> None:
     """Turn Constant nodes into initializers, so every node output is an activation."""
     keep = []
@@ -143,8 +126,8 @@ def unshare_initializers(proto: onnx.ModelProto) -> None:
                 seen.add(name)
 
 
-def to_onnx_proto(model: GhostNet, info: ModelInfo, img_size: int | None = None) -> onnx.ModelProto:
-    size = img_size or info.preprocess.input_size
+def to_onnx_proto(model: GhostNet, info: ModelCard, img_size: int | None = None) -> onnx.ModelProto:
+    size = img_size or info.input.input_size
     folded = fold_batchnorm(model)
     dummy = torch.randn(1, 3, size, size)
     buf = io.BytesIO()
@@ -158,9 +141,7 @@ def to_onnx_proto(model: GhostNet, info: ModelInfo, img_size: int | None = None)
     constants_to_initializers(proto)
     unshare_initializers(proto)
     proto.producer_name = "ghostedge"
-    del proto.metadata_props[:]
-    for k, v in onnx_metadata(info).items():
-        proto.metadata_props.add(key=k, value=v)
+    write_onnx_card(proto, info)
     onnx.checker.check_model(proto)
     return proto
 
@@ -173,10 +154,10 @@ def parity(model: GhostNet, proto: onnx.ModelProto, x: np.ndarray) -> float:
     return float(np.abs(ref - got).max())
 
 
-def export_onnx(model: GhostNet, info: ModelInfo, dst: str | Path, img_size: int | None = None,
+def export_onnx(model: GhostNet, info: ModelCard, dst: str | Path, img_size: int | None = None,
                 real_inputs: np.ndarray | None = None, check: bool = True) -> ExportResult:
     """Export, check parity with PyTorch (random + real inputs), write atomically."""
-    size = img_size or info.preprocess.input_size
+    size = img_size or info.input.input_size
     if size < 32:
         raise GhostedgeError(f"--img-size {size} is too small: GhostNet downsamples 32x, use >= 32")
     proto = to_onnx_proto(model, info, size)
@@ -196,18 +177,18 @@ def export_onnx(model: GhostNet, info: ModelInfo, dst: str | Path, img_size: int
     return res
 
 
-def onnx_is_current(path: str | Path, info: ModelInfo) -> bool:
+def onnx_is_current(path: str | Path, info: ModelCard) -> bool:
     """True when path is a ghostedge export of these very weights with this very description."""
     p = Path(path)
     if not p.is_file():
         return False
     try:
-        stored = read_onnx_info(p)
+        stored = read_onnx_card(p)
     except Exception:
         return False
     # the ONNX has dynamic H/W, but its metadata (the description every later stage reads) must match
     return stored is not None and stored.fingerprint == info.fingerprint and stored.classes == info.classes \
-        and stored.wnids == info.wnids and same_preprocess(stored.preprocess, info.preprocess)
+        and stored.wnids == info.wnids and stored.input.same_as(info.input)
 
 
 def fp16_onnx(model: onnx.ModelProto) -> onnx.ModelProto:

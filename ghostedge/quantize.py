@@ -25,7 +25,7 @@ from .drift import DriftResult, compare, judge
 from .estimate import MEASURED_WITH, qdq_logits, qdq_runner
 from .errors import GhostedgeError, write_bytes_atomic, write_text_atomic
 from .export import INPUT_NAME, export_onnx, onnx_is_current, ort_session
-from .model import ModelSpec, load_model
+from .checkpoint import ModelSpec, load_model
 from .resources import check_batch, check_images, check_logits
 from .qdq import QMAX, implicit_cache_tensors, insert_qdq, off_grid_channels, plan_placement, quantizable_nodes, \
     strip_qdq
@@ -219,7 +219,7 @@ def quantize(cfg: QuantizeConfig, progress: Callable[[str, int, int], None] | No
         raise GhostedgeError(f"--out {cfg.out} exists and is not a folder: pass a folder")
 
     model, info = load_model(cfg.weights, cfg.num_classes, spec=cfg.spec)
-    pre = info.preprocess
+    pre = info.input
     check_batch(cfg.batch, pre.input_size, info.width)
     check_images(cfg.num_images, pre.input_size, "--num-images", "use fewer calibration images (256-1024 are plenty)")
 

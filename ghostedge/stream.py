@@ -23,9 +23,15 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from .data import MAX_BAD_FRACTION, LoadReport, decode_images, fingerprint_files, normalize
+from .card import InputSpec, ModelCard
+from .data import (
+    MAX_BAD_FRACTION,
+    LoadReport,
+    decode_images,
+    fingerprint_files,
+    normalize,
+)
 from .errors import GhostedgeError, atomic_path
-from .model import ModelInfo, Preprocess
 
 #: images per decode job (and per inference call unless the caller asks otherwise)
 STREAM_BATCH = 32
@@ -55,7 +61,7 @@ def default_workers() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
 
-def decoded_batches(paths: Sequence[Path], pre: Preprocess, size: int, batch: int = STREAM_BATCH,
+def decoded_batches(paths: Sequence[Path], pre: InputSpec, size: int, batch: int = STREAM_BATCH,
                     workers: int = 0, ahead: int = 0) -> Iterator[tuple[np.ndarray, list[int], LoadReport]]:
     """(normalized NCHW float32 batch, indices into paths of its images, what was skipped), in order. At most
     ``ahead`` batches (default workers + 1) are decoded or waiting at any time, so memory is bounded."""
@@ -97,7 +103,7 @@ class Streamed:
         return None if images.labels is None else images.labels[self.kept]
 
 
-def stream_logits(images: ImageSet, pre: Preprocess, size: int, models: dict[str, Callable[[np.ndarray], np.ndarray]],
+def stream_logits(images: ImageSet, pre: InputSpec, size: int, models: dict[str, Callable[[np.ndarray], np.ndarray]],
                   batch: int = STREAM_BATCH, progress: Callable[[int, int], None] | None = None,
                   workers: int = 0, needed: int = 1) -> Streamed:
     """Every image of the set through every model, decoding overlapped with inference; unreadable files are
@@ -138,7 +144,7 @@ def reference_cache_dir() -> Path:
     return Path(base) / "reference-logits"
 
 
-def reference_key(images: ImageSet, info: ModelInfo, pre: Preprocess, size: int) -> str:
+def reference_key(images: ImageSet, info: ModelCard, pre: InputSpec, size: int) -> str:
     """What the FP32 logits of a set depend on: the files (names and content), the weights, the
     preprocessing, the input size and torch's version."""
     import torch
@@ -180,7 +186,7 @@ def store_reference(key: str, ref: Streamed) -> Path | None:
     return p
 
 
-def _still_true(cached: Streamed, images: ImageSet, pre: Preprocess, size: int, batch: int,
+def _still_true(cached: Streamed, images: ImageSet, pre: InputSpec, size: int, batch: int,
                 reference: Callable[[], Callable[[np.ndarray], np.ndarray]]) -> bool:
     """A cache entry is used only if the model, run again on the set's first batch, gives its logits: one
     batch of FP32 guards against an entry written by another (or a broken) version under the same key."""
@@ -194,7 +200,7 @@ def _still_true(cached: Streamed, images: ImageSet, pre: Preprocess, size: int, 
     return got.shape == want.shape and bool(np.allclose(got, want, rtol=1e-3, atol=1e-3 * (np.abs(want).max() + 1)))
 
 
-def with_reference(images: ImageSet, info: ModelInfo, pre: Preprocess, size: int,
+def with_reference(images: ImageSet, info: ModelCard, pre: InputSpec, size: int,
                    models: dict[str, Callable[[np.ndarray], np.ndarray]],
                    reference: Callable[[], Callable[[np.ndarray], np.ndarray]] | None,
                    batch: int = STREAM_BATCH, progress: Callable[[int, int], None] | None = None,

@@ -22,10 +22,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .card import InputSpec, ModelCard, parse_preprocess
+from .checkpoint import imagenet_classes, read_checkpoint, save_checkpoint
 from .data import LabelledSet, class_folders, labelled_set, load_images, normalize
 from .errors import GhostedgeError, atomic_path
-from .model import GhostNet, ModelInfo, Preprocess, ghostnet, imagenet_classes, parse_preprocess, \
-    read_checkpoint, save_checkpoint
+from .model import ARCHITECTURES, GhostNet
 from .state import seeded, torch_threads
 
 
@@ -64,7 +65,7 @@ def _cache_key(paths: list[Path], size: int, crop_pct: float, interpolation: str
     return h.hexdigest()[:20]
 
 
-def cached_arrays(ds: LabelledSet, pre: Preprocess, size: int, cache_dir: Path | None,
+def cached_arrays(ds: LabelledSet, pre: InputSpec, size: int, cache_dir: Path | None,
                   what: str) -> tuple[np.ndarray, np.ndarray]:
     """Decode (or load the cached decode of) a labelled set to NHWC uint8 + labels."""
     cache_dir = cache_dir or Path(os.environ.get("GHOSTEDGE_CACHE", Path.home() / ".cache" / "ghostedge"))
@@ -104,11 +105,11 @@ def _augment(xb: torch.Tensor, size: int, min_scale: float, gen: torch.Generator
     return F.grid_sample(xb, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
-def _to_input(x_u8: np.ndarray, pre: Preprocess) -> torch.Tensor:
+def _to_input(x_u8: np.ndarray, pre: InputSpec) -> torch.Tensor:
     return torch.from_numpy(normalize(x_u8, pre))
 
 
-def evaluate_arrays(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, pre: Preprocess,
+def evaluate_arrays(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, pre: InputSpec,
                     batch: int = 128) -> float:
     model.eval()
     correct = 0
@@ -160,12 +161,12 @@ def _train(cfg: TrainConfig, say: Callable[[str], None], root: Path, train_dir: 
     wnids = [f if f in wn else "" for f in folders]
     tr = labelled_set(train_dir, folders, [])
     va = labelled_set(val_dir, folders, [])
-    pre, _ = parse_preprocess(cfg.preprocess, Preprocess(input_size=cfg.eval_img_size or cfg.img_size))
+    pre, _ = parse_preprocess(cfg.preprocess, InputSpec(input_size=cfg.eval_img_size or cfg.img_size))
     if pre.input_size != (cfg.eval_img_size or cfg.img_size):
         raise GhostedgeError("--preprocess size= conflicts with --img-size / --eval-img-size: give the size once")
-    store = int(round(cfg.img_size / pre.crop_pct))
+    store = pre.resize_for(cfg.img_size)
     t0 = time.time()
-    xtr, ytr = cached_arrays(tr, Preprocess(input_size=store, crop_pct=1.0, interpolation=pre.interpolation), store,
+    xtr, ytr = cached_arrays(tr, InputSpec(input_size=store, crop_pct=1.0, interpolation=pre.interpolation), store,
                              cfg.cache_dir, "train")
     xva, yva = cached_arrays(va, pre, pre.input_size, cfg.cache_dir, "val")
     if cfg.max_train_images:
@@ -176,11 +177,12 @@ def _train(cfg: TrainConfig, say: Callable[[str], None], root: Path, train_dir: 
     say(f"data: {len(xtr)} train / {len(xva)} val images, {len(folders)} classes, "
         f"decoded in {time.time() - t0:.0f}s")
 
-    model: GhostNet = ghostnet(cfg.width, len(folders))
+    arch = ARCHITECTURES["ghostnet"]
+    model: GhostNet = arch.build(cfg.width, len(folders), 0.2)
     source = "random init"
     if cfg.weights:
         sd, _ = read_checkpoint(cfg.weights)
-        sd = {k: v.float() for k, v in sd.items() if not k.startswith("classifier.")}
+        sd = {k: v.float() for k, v in arch.filter_state_dict(sd).items() if not k.startswith("classifier.")}
         missing, unexpected = model.load_state_dict(sd, strict=False)
         bad = [k for k in missing if not k.startswith("classifier.")] + list(unexpected)
         if bad:
@@ -211,8 +213,8 @@ def _train(cfg: TrainConfig, say: Callable[[str], None], root: Path, train_dir: 
         say(f"resumed after epoch {start_epoch} (best val top-1 {best:.4f})")
 
     command = "ghostedge " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv else ""
-    info = ModelInfo(width=cfg.width, num_classes=len(folders), classes=classes, wnids=wnids,
-                     preprocess=pre, source=str(cfg.out))
+    info = ModelCard(width=cfg.width, num_classes=len(folders), classes=classes, wnids=wnids,
+                     input=pre, source=str(cfg.out))
     t_start = time.time()
     for epoch in range(start_epoch, cfg.epochs):
         model.train()

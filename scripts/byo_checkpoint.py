@@ -16,7 +16,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ghostedge.model import read_checkpoint  # noqa: E402
+from ghostedge.card import ModelCard  # noqa: E402
+from ghostedge.checkpoint import read_checkpoint  # noqa: E402
 
 
 def main() -> None:
@@ -30,9 +31,9 @@ def main() -> None:
         sys.exit(f"{a.src} carries no ghostedge metadata to describe")
     a.dst.parent.mkdir(parents=True, exist_ok=True)
     torch.save({k: v.half() if v.is_floating_point() else v for k, v in sd.items()}, a.dst)
-    pre = meta["preprocess"]
-    side = {"input_size": pre["input_size"], "resize": int(round(pre["input_size"] / pre["crop_pct"])),
-            "interpolation": pre["interpolation"], "mean": pre["mean"], "std": pre["std"]}
+    pre = ModelCard.from_dict(meta).input
+    side = {"input_size": pre.input_size, "resize": pre.resize, "interpolation": pre.interpolation,
+            "mean": list(pre.mean), "std": list(pre.std)}
     if not a.unnamed:
         side["classes"] = meta.get("wnids") or meta["classes"]
     extra = meta.get("extra", {})

@@ -33,7 +33,7 @@ RUNTIMES = ("pytorch-fp32", "ort-fp32", "openvino-fp32", "nncf-int8-openvino", "
 
 
 def _spec(a: argparse.Namespace):  # noqa: ANN202
-    from ghostedge.model import ModelSpec
+    from ghostedge.checkpoint import ModelSpec
 
     return ModelSpec(preprocess=a.preprocess, classes=a.classes)
 
@@ -41,7 +41,7 @@ def _spec(a: argparse.Namespace):  # noqa: ANN202
 def _runner(kind: str, work: Path, size: int, threads: int, weights: str | None, spec):  # noqa: ANN001,ANN202
     if kind == "pytorch-fp32":
         from ghostedge.backends.torch import TorchRunner
-        from ghostedge.model import load_model
+        from ghostedge.checkpoint import load_model
 
         return TorchRunner(load_model(weights, spec=spec)[0], threads=threads)
     if kind == "ort-fp32":
@@ -93,8 +93,8 @@ def prepare(a: argparse.Namespace, work: Path, sizes: list[int]) -> dict:
         ov.save_model(m, str(work / f"openvino-fp32-{s}.xml"), compress_to_fp16=False)
         import nncf
 
-        u8, _, _ = load_images(paths, mi.preprocess, s)
-        x = normalize(u8, mi.preprocess)
+        u8, _, _ = load_images(paths, mi.input, s)
+        x = normalize(u8, mi.input)
         t0 = time.time()
         qm = nncf.quantize(m, nncf.Dataset([x[i:i + 1] for i in range(len(x))]), subset_size=len(x))
         info[f"nncf_seconds_{s}"] = round(time.time() - t0, 1)
@@ -118,8 +118,8 @@ def accuracy(a: argparse.Namespace, work: Path, size: int) -> dict:
 
     mi = read_onnx_info(work / "engines" / "ghostnet.onnx")
     ds = labelled_set(Path(a.eval), mi.classes, mi.wnids)
-    u8, kept, _ = load_images(ds.paths, mi.preprocess, size)
-    x, y = normalize(u8, mi.preprocess), np.asarray([ds.labels[i] for i in kept])
+    u8, kept, _ = load_images(ds.paths, mi.input, size)
+    x, y = normalize(u8, mi.input), np.asarray([ds.labels[i] for i in kept])
     out, ref = {}, None
     for kind in RUNTIMES:
         with _runner(kind, work, size, a.threads, a.weights, _spec(a)) as r:
@@ -162,7 +162,7 @@ def main() -> None:
     if a.worker:
         worker(a)
         return
-    from ghostedge.model import load_model
+    from ghostedge.checkpoint import load_model
 
     native = load_model(a.weights, spec=_spec(a))[1].preprocess.input_size
     sizes = sorted({native if s == "native" else int(s) for s in a.sizes.split(",")})

@@ -34,7 +34,7 @@ import torch
 from ghostedge.data import labelled_set, load_images, normalize, sample_images
 from ghostedge.drift import compare, drop_interval
 from ghostedge.export import INPUT_NAME, to_onnx_proto
-from ghostedge.model import load_model
+from ghostedge.checkpoint import load_model
 from ghostedge.estimate import qdq_logits as ort_logits  # Q/DQ graphs with TensorRT's arithmetic
 from ghostedge.quantize import QuantizeConfig, quantize, torch_logits
 from ghostedge.refine import RefineConfig
@@ -97,7 +97,7 @@ def side_by_side_data(data: Path, weights: Path | None, calib: Path | None, num_
     """The model, its calibration images (class-balanced, seed 0: the ones `quantize` picks), the eval
     images and labels, and the FP32 PyTorch logits every recipe is compared against; says what it loaded."""
     model, info = load_model(weights)
-    pre = info.preprocess
+    pre = info.input
     cdir = calib or data / "train"
     x_cal = normalize(load_images(sample_images(cdir, num_images, seed=0), pre)[0], pre)
     ds = labelled_set(data / "val", info.classes, info.wnids)

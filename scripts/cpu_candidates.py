@@ -42,7 +42,7 @@ def main() -> None:
     cfg = BuildConfig(engines=a.engines, precision=Precision.int8, calib=a.calib)
     rec = load_record(a.engines / "ghostnet.calib.json")
     info = read_onnx_info(a.engines / "ghostnet.onnx")
-    size = info.preprocess.input_size
+    size = info.input.input_size
     x, images = check_images(cfg, rec, info, size)
     x = x[:a.images]
     ref = ort_logits(a.engines / "ghostnet.onnx", x)

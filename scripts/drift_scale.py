@@ -68,7 +68,7 @@ QUANTIZE_CHILD = """
 import sys, time
 from pathlib import Path
 from ghostedge.quantize import QuantizeConfig, quantize
-from ghostedge.model import ModelSpec
+from ghostedge.checkpoint import ModelSpec
 t0 = time.perf_counter()
 shown = {}
 def tick(what, done, total):

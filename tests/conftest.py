@@ -89,11 +89,12 @@ def tiny_ghostnet(seed: int = 0, classes: int = 3, bn_mean: bool = True) -> torc
 @pytest.fixture(scope="session")
 def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 0.5x GhostNet with 3 Imagenette classes at 32 px, random weights with non-trivial BN stats."""
-    from ghostedge.model import ModelInfo, Preprocess, save_checkpoint
+    from ghostedge.card import InputSpec, ModelCard
+    from ghostedge.checkpoint import save_checkpoint
 
     m = tiny_ghostnet(0)
-    info = ModelInfo(width=0.5, num_classes=3, classes=["tench", "English springer", "cassette player"],
-                     wnids=WNIDS, preprocess=Preprocess(input_size=32))
+    info = ModelCard(width=0.5, num_classes=3, classes=["tench", "English springer", "cassette player"],
+                     wnids=WNIDS, input=InputSpec(input_size=32))
     p = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
     save_checkpoint(m, info, p, half=False)
     return p

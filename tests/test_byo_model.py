@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 
 from ghostedge.errors import GhostedgeError
-from ghostedge.model import IMAGENET_MEAN, IMAGENET_STD, ModelSpec, Preprocess, load_model, \
-    parse_preprocess
+from ghostedge.card import IMAGENET_MEAN, IMAGENET_STD, InputSpec, parse_preprocess
+from ghostedge.checkpoint import ModelSpec, load_model
 
 from .conftest import WNIDS, tiny_ghostnet
 from .test_cli import ge
@@ -100,7 +100,7 @@ def test_timm_and_hugging_face_configs_are_read(tmp_path: Path):
 ])
 def test_bad_descriptions_name_the_field(spec: str, msg: str):
     with pytest.raises(GhostedgeError, match=msg):
-        parse_preprocess(spec, Preprocess())
+        parse_preprocess(spec, InputSpec())
 
 
 def test_one_line_round_trips():

@@ -12,7 +12,8 @@ from PIL import Image
 from ghostedge.data import load_image, match_classes, open_rgb, sample_images
 from ghostedge.errors import GhostedgeError
 from ghostedge.evaluate import EvalConfig, evaluate
-from ghostedge.model import Preprocess, load_model
+from ghostedge.card import InputSpec
+from ghostedge.checkpoint import load_model
 from ghostedge.train import TrainConfig, train
 
 from .conftest import IMAGENETTE, WNIDS, make_image_folder, needs_data
@@ -44,7 +45,7 @@ def test_exif_orientation_is_honoured(tmp_path: Path):
 def test_preprocess_resizes_and_center_crops(tmp_path: Path):
     p = tmp_path / "wide.png"
     Image.new("RGB", (300, 100), (10, 20, 30)).save(p)
-    x = load_image(p, Preprocess(input_size=64))
+    x = load_image(p, InputSpec(input_size=64))
     assert x.shape == (64, 64, 3) and x.dtype == np.uint8
 
 

@@ -112,10 +112,10 @@ def _mean_pixel(xb: np.ndarray) -> np.ndarray:
 
 def test_streamed_logits_are_the_in_memory_ones_in_order(image_folder):
     from ghostedge.data import load_images, normalize
-    from ghostedge.model import Preprocess
+    from ghostedge.card import InputSpec
     from ghostedge.stream import stream_logits
 
-    images, pre = _set(image_folder), Preprocess(input_size=32)
+    images, pre = _set(image_folder), InputSpec(input_size=32)
     u8, kept, _ = load_images(images.paths, pre)
     want = _mean_pixel(normalize(u8, pre))
     seen = []
@@ -127,7 +127,7 @@ def test_streamed_logits_are_the_in_memory_ones_in_order(image_folder):
 
 
 def test_stream_skips_unreadable_files_and_keeps_labels_aligned(tmp_path):
-    from ghostedge.model import Preprocess
+    from ghostedge.card import InputSpec
     from ghostedge.stream import stream_logits
 
     from .conftest import WNIDS, make_image_folder
@@ -136,7 +136,7 @@ def test_stream_skips_unreadable_files_and_keeps_labels_aligned(tmp_path):
     (folder / WNIDS[1] / "img_0.JPEG").write_bytes(b"\xff\xd8\xff\xe0 truncated")
     images = _set(folder)
     with pytest.warns(UserWarning, match="skipped 1 unreadable"):
-        res = stream_logits(images, Preprocess(input_size=32), 32, {"m": _mean_pixel}, batch=4)
+        res = stream_logits(images, InputSpec(input_size=32), 32, {"m": _mean_pixel}, batch=4)
     bad = [i for i, p in enumerate(images.paths) if p.name == "img_0.JPEG" and p.parent.name == WNIDS[1]][0]
     assert bad not in res.kept and len(res.kept) == len(images) - 1 and len(res.logits["m"]) == len(res.kept)
     assert (res.labels(images) == images.labels[res.kept]).all()
@@ -144,14 +144,14 @@ def test_stream_skips_unreadable_files_and_keeps_labels_aligned(tmp_path):
 
 def test_decode_stays_a_bounded_number_of_batches_ahead(image_folder, monkeypatch):
     import ghostedge.stream as st
-    from ghostedge.model import Preprocess
+    from ghostedge.card import InputSpec
 
     started = []
     real = st.decode_images
     monkeypatch.setattr(st, "decode_images", lambda paths, pre, size: (started.append(1), real(paths, pre, size))[1])
     images = _set(image_folder)                              # 18 images: 18 batches of one
     ahead = []
-    for i, _ in enumerate(st.decoded_batches(images.paths, Preprocess(input_size=32), 32, batch=1, workers=2,
+    for i, _ in enumerate(st.decoded_batches(images.paths, InputSpec(input_size=32), 32, batch=1, workers=2,
                                              ahead=3)):
         import time
 
@@ -163,15 +163,15 @@ def test_decode_stays_a_bounded_number_of_batches_ahead(image_folder, monkeypatc
 def test_reference_logits_are_computed_once_per_set_model_and_preprocessing(tmp_path, monkeypatch):
     import shutil
 
-    from ghostedge.model import ModelInfo, Preprocess
+    from ghostedge.card import InputSpec, ModelCard
     from ghostedge.stream import reference_cache_dir, with_reference
 
     from .conftest import make_image_folder
 
     monkeypatch.setenv("GHOSTEDGE_CACHE_DIR", str(tmp_path / "cache"))
     folder = make_image_folder(tmp_path / "s", per_class=3)
-    images, pre = _set(folder), Preprocess(input_size=32)
-    info = ModelInfo(width=0.5, num_classes=3, fingerprint="w1", preprocess=pre)
+    images, pre = _set(folder), InputSpec(input_size=32)
+    info = ModelCard(width=0.5, num_classes=3, fingerprint="w1", input=pre)
     made = []   # images the reference model ran on, per with_reference call
 
     def reference():
@@ -190,8 +190,8 @@ def test_reference_logits_are_computed_once_per_set_model_and_preprocessing(tmp_
     assert made == [n, 4] and list(reference_cache_dir().glob("*.npz"))
     np.testing.assert_array_equal(first.logits["reference"], second.logits["reference"])
     np.testing.assert_array_equal(second.logits["reference"], second.logits["e"] * 2)
-    run(ModelInfo(width=0.5, num_classes=3, fingerprint="w2", preprocess=pre))        # other weights
-    run(p=Preprocess(input_size=32, interpolation="bicubic"))                         # other preprocessing
+    run(ModelCard(width=0.5, num_classes=3, fingerprint="w2", input=pre))        # other weights
+    run(p=InputSpec(input_size=32, interpolation="bicubic"))                         # other preprocessing
     assert made[2:] == [n, n]
     victim = images.paths[0]                                  # same names, one file's content changed
     shutil.copy(images.paths[1], victim)

@@ -9,10 +9,10 @@ import onnx
 import pytest
 import torch
 
+from ghostedge.card import read_onnx_card
+from ghostedge.checkpoint import load_model
 from ghostedge.errors import CheckFailed
-from ghostedge.export import (INPUT_NAME, export_onnx, fold_batchnorm, fp16_onnx, ort_session, read_onnx_info,
-                              to_onnx_proto)
-from ghostedge.model import load_model
+from ghostedge.export import INPUT_NAME, export_onnx, fold_batchnorm, fp16_onnx, ort_session, to_onnx_proto
 
 
 def test_export_is_self_contained_opset17_with_metadata(tmp_path: Path, tiny_weights: Path):
@@ -27,7 +27,7 @@ def test_export_is_self_contained_opset17_with_metadata(tmp_path: Path, tiny_wei
     assert "BatchNormalization" not in ops and "Constant" not in ops
     dims = m.graph.input[0].type.tensor_type.shape.dim
     assert dims[0].dim_param == "batch"
-    stored = read_onnx_info(m)
+    stored = read_onnx_card(m)
     assert stored.fingerprint == info.fingerprint and stored.classes == info.classes
     # dynamic batch really works
     sess = ort_session(dst)

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from ghostedge.errors import GhostedgeError
-from ghostedge.model import (GhostModule, count_macs, count_params, ghostnet, load_model, make_divisible,
-                             save_checkpoint, ModelInfo, read_checkpoint)
+from ghostedge.card import ModelCard
+from ghostedge.checkpoint import load_model, read_checkpoint, save_checkpoint
+from ghostedge.model import GhostModule, count_macs, count_params, ghostnet, make_divisible
 
 
 def test_params_and_macs_match_the_paper():
@@ -122,7 +123,7 @@ def test_missing_and_corrupt_files(tmp_path: Path):
 def test_safetensors_round_trip_keeps_metadata(tmp_path: Path):
     torch.manual_seed(0)
     m = ghostnet(1.0, 3).eval()
-    info = ModelInfo(num_classes=3, classes=["a", "b", "c"], extra={"val_top1": 0.5})
+    info = ModelCard(num_classes=3, classes=["a", "b", "c"], extra={"val_top1": 0.5})
     info.preprocess.input_size = 96
     p = save_checkpoint(m, info, tmp_path / "m.safetensors", half=False)
     m2, info2 = load_model(p)
@@ -141,7 +142,7 @@ def test_half_storage_fingerprint_matches_what_loads(tmp_path: Path):
     for mod in m.modules():
         if isinstance(mod, torch.nn.BatchNorm2d):
             mod.num_batches_tracked += 7
-    info = ModelInfo(width=0.5, num_classes=3)
+    info = ModelCard(width=0.5, num_classes=3)
     p = save_checkpoint(m, info, tmp_path / "h.safetensors", half=True)
     _, info2 = load_model(p)
     assert info2.fingerprint == info.fingerprint

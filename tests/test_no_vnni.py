@@ -69,7 +69,7 @@ def test_two_independent_estimates_agree_image_for_image(tmp_path: Path):
     the same top-1 (and 505 of 512 real val images). The figure that matters, agreement with FP32, must not
     move by more than that."""
     from ghostedge.data import load_images, normalize, sample_images
-    from ghostedge.model import load_model
+    from ghostedge.checkpoint import load_model
     from ghostedge.qdq import plan_placement
     from ghostedge.quantize import QuantizeConfig, quantize
     from ghostedge.refine import RefineConfig, Refined
@@ -230,10 +230,10 @@ def test_one_image_never_drops_an_engine():
 # 4. the images the choice is made on
 
 def test_choice_never_checks_on_calibration_images(engines_dir: Path, image_folder: Path):
-    from ghostedge.export import read_onnx_info
+    from ghostedge.card import read_onnx_card
 
     rec = load_record(engines_dir / "ghostnet.calib.json")
-    info = read_onnx_info(engines_dir / "ghostnet.onnx")
+    info = read_onnx_card(engines_dir / "ghostnet.onnx")
     cfg = BuildConfig(engines=engines_dir, precision=Precision.int8, calib=image_folder)
     x, what = check_images(cfg, rec, info, 32)
     n_files = len(list(p for p in image_folder.rglob("*") if p.is_file()))

@@ -80,14 +80,15 @@ def test_every_onnx_ghostedge_hands_tensorrt(engines_dir: Path):
 
 def test_d12_a_dead_channel_does_not_underflow_to_a_zero_scale(tmp_path: Path, image_folder: Path):
     """A user's model with an all-zero conv filter: its weight scale is 1e-8/127 in FP32, 0 in FP16 unless floored."""
-    from ghostedge.model import ModelInfo, Preprocess, save_checkpoint
+    from ghostedge.card import InputSpec, ModelCard
+    from ghostedge.checkpoint import save_checkpoint
     from ghostedge.quantize import QuantizeConfig, quantize
 
     m = tiny_ghostnet(1)
     with torch.no_grad():
         m.blocks[3][0].ghost1.primary_conv[0].weight[2].zero_()   # a dead output channel
     w = tmp_path / "dead.safetensors"
-    save_checkpoint(m.eval(), ModelInfo(width=0.5, num_classes=3, preprocess=Preprocess(input_size=32)), w,
+    save_checkpoint(m.eval(), ModelCard(width=0.5, num_classes=3, input=InputSpec(input_size=32)), w,
                     half=False)
     out = tmp_path / "e"
     quantize(QuantizeConfig(calib=image_folder, out=out, weights=w, num_images=8, batch=4, holdout=4, threads=1))

@@ -14,7 +14,7 @@ from ghostedge.calibrate import Method, collect_stats
 from ghostedge.drift import DriftResult, clopper_pearson, compare, judge
 from ghostedge.estimate import qdq_logits
 from ghostedge.export import INPUT_NAME, to_onnx_proto
-from ghostedge.model import ModelInfo, Preprocess
+from ghostedge.card import InputSpec, ModelCard
 from ghostedge.qdq import insert_qdq, plan_placement, quantizable_nodes, strip_qdq
 from ghostedge.qdq import group_amax
 from ghostedge.quantize import amax_table, ort_logits, qdq_model, sensitivity
@@ -28,7 +28,7 @@ from .conftest import IMAGENETTE, needs_data, tiny_ghostnet
 def tiny():
     """(FP32 ONNX of a tiny 0.5x GhostNet at 48 px, placement, stats, mse amax, calibration images)."""
     m = tiny_ghostnet(3)
-    proto = to_onnx_proto(m, ModelInfo(width=0.5, num_classes=3, preprocess=Preprocess(input_size=48)))
+    proto = to_onnx_proto(m, ModelCard(width=0.5, num_classes=3, input=InputSpec(input_size=48)))
     rng = np.random.default_rng(0)
     x = rng.standard_normal((24, 3, 48, 48)).astype(np.float32)
     stats = collect_stats(proto, lambda: [x[i:i + 8] for i in range(0, len(x), 8)], INPUT_NAME, threads=1)
@@ -151,7 +151,7 @@ def test_sensitivity_ranks_a_damaged_layer_first_and_keeping_it_float_helps():
     one mid-network conv gets a weight grid 32x coarser than int8's; the first-order ranking must put it
     first (the measured ranking), and what it says keeping it in float gains is what it gains."""
     from ghostedge.data import load_images, normalize, sample_images
-    from ghostedge.model import load_model
+    from ghostedge.checkpoint import load_model
 
     model, info = load_model(None)
     x = normalize(load_images(sample_images(IMAGENETTE / "train", 24, seed=1), info.preprocess)[0], info.preprocess)

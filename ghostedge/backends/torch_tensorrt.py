@@ -78,9 +78,9 @@ def device_info() -> dict:
 class TorchTrtSettings:
     """What the torch-tensorrt builder is asked for (built by the build stage from its config)."""
 
-    precision: str = "fp16"                          # fp32 | fp16 | int8
-    batch: tuple[int, int, int] = (1, 8, 32)         # min, opt, max
-    img_size: int = 224
+    precision: str                                   # fp32 | fp16 | int8
+    batch: tuple[int, int, int]                      # min, opt, max
+    img_size: int                                    # the model card's input size (or the build's own)
 
 
 @dataclass

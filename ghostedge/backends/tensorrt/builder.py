@@ -14,10 +14,10 @@ from .version import TRT86_FEATURES, check_dla_request, has_flag, use_strong_typ
 
 @dataclass
 class TrtBuildSettings:
+    img_size: int                           # the model card's input size (or the build's own)
     precision: str = "fp16"                 # fp32 | fp16 | int8
     input_name: str = "input"
     batch: tuple[int, int, int] = (1, 8, 32)
-    img_size: int = 224
     workspace: int | None = None             # bytes
     dla_core: int | None = None
     gpu_fallback: bool = False
