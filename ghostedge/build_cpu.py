@@ -253,7 +253,7 @@ def refined_for_bits(cfg, record: dict, bits: int):  # noqa: ANN001,ANN201 (Buil
     points of agreement that the same refinement as the 8-bit grid's mostly wins back. Computed once per
     record and process; without the calibration images, plain rounding (``refine.Refined`` without weights)."""
     from .data import load_images, normalize
-    from .card import read_onnx_card, card_for_onnx
+    from .card import read_onnx_card
     from .manifest import file_sha256
     from .qdq import plan_placement
     from .refine import RefineConfig, Refined, refine
@@ -608,7 +608,7 @@ def _write_cpu_manifest(cfg, variant: Variant, record: dict | None, fp32_path: P
 
 def build_cpu(cfg, backend: str, say: Callable[[str], None], cpu: CpuInt8 | None = None) -> BuildResult:  # noqa: ANN001
     """One CPU engine of a forced backend (no selection); on a CPU without VNNI, one that cannot saturate."""
-    from .card import read_onnx_card, card_for_onnx
+    from .card import card_for_onnx
 
     t0 = time.time()
     cpu = cpu if cpu is not None else probed_host(say)[0]
@@ -618,7 +618,6 @@ def build_cpu(cfg, backend: str, say: Callable[[str], None], cpu: CpuInt8 | None
     v = forced_variant(backend, record is not None, cpu)
     tmp = out.with_name(f".{out.name}.{os.getpid()}{_ext(backend)}")
     try:  # built and checked under a temporary name, then moved into place
-        info = read_onnx_card(fp32_path)
         code_max = build_engine(cfg, v, tmp, cfg.img_size or card_for_onnx(fp32_path).input.input_size, record)
         check_no_overflow(v, code_max, cpu)
         _move_engine(tmp, out, backend)
