@@ -238,7 +238,7 @@ def build_tensorrt(cfg: BuildConfig, say: Callable[[str], None], trt=None, gpu: 
     # engine is the model quantize measured, not the unrefined FP32 export
     src = need_input(cfg.engines / (IMPLICIT_NAME if calib_cache is not None else
                                INT8_NAME if cfg.precision == Precision.int8 else FP32_NAME), "the ONNX to build from")
-    record = record_for(cfg.engines, src) if cfg.precision == Precision.int8 else None
+    record = record_for(cfg.engines, src, info) if cfg.precision == Precision.int8 else None
     if gpu is None:
         gpu, why = cuda_probe()
         if gpu is None:
@@ -284,7 +284,7 @@ def build_tensorrt(cfg: BuildConfig, say: Callable[[str], None], trt=None, gpu: 
     if cache_out is not None:
         write_bytes_atomic(cache_out, cache_bytes)
     write_bytes_atomic(out, data)
-    man = common_manifest(cfg, src, record, info_src)
+    man = common_manifest(cfg, src, record, info_src, info)   # the card read once, above
     cache_name = (cache_out or calib_cache).name if cache_bytes is not None else None
     trtexec = trtexec_command(built_from.name, replace(cfg, batch=batch), plat, out.name, img, ver, strong,
                               cache_name)

@@ -12,7 +12,7 @@ from pathlib import Path
 from . import __version__
 from .backends.common import Backend, Precision
 from .errors import GhostedgeError
-from .card import read_onnx_card
+from .card import ModelCard, read_onnx_card
 from .manifest import cpu_name, file_sha256
 from .checkpoint import ModelSpec
 from .quantize import FP32_NAME, INT8_NAME, RECORD_NAME, load_record
@@ -59,10 +59,11 @@ def need_input(path: Path, what: str) -> Path:
     return path
 
 
-def record_for(engines: Path, onnx_path: Path) -> dict:
-    """The calibration record, checked against the weights the ONNX was exported from."""
+def record_for(engines: Path, onnx_path: Path, card: ModelCard | None = None) -> dict:
+    """The calibration record, checked against the weights the ONNX (whose card is ``card``, read when not
+    given) was exported from."""
     record = load_record(need_input(engines / RECORD_NAME, "the calibration record"))
-    info = read_onnx_card(onnx_path)
+    info = card or read_onnx_card(onnx_path)
     if info and record.get("model", {}).get("fingerprint") not in (None, info.fingerprint):
         raise GhostedgeError(f"{engines / RECORD_NAME} was calibrated for other weights "
                              f"({record['model']['fingerprint']}) than {onnx_path.name} ({info.fingerprint}): "
@@ -70,8 +71,9 @@ def record_for(engines: Path, onnx_path: Path) -> dict:
     return record
 
 
-def common_manifest(cfg: BuildConfig, src: Path, record: dict | None, info_src: Path) -> dict:
-    info = read_onnx_card(info_src)
+def common_manifest(cfg: BuildConfig, src: Path, record: dict | None, info_src: Path,
+                    card: ModelCard | None = None) -> dict:
+    info = card or read_onnx_card(info_src)
     return {
         "precision": cfg.precision.value,
         "built_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
