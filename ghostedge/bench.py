@@ -22,10 +22,11 @@ from .backends.base import BaseRunner, logits_in_batches
 from .backends.registry import backend_for_path
 from .data import class_folders, find_images, labelled_set
 from .drift import accuracy, compare, judge
-from .errors import CheckFailed, GhostedgeError
+from .errors import CheckFailed, GhostedgeError, SettingError
 from .manifest import cpu_flags, cpu_name
 from .card import ModelCard, card_for_onnx, read_onnx_card
 from .checkpoint import ModelSpec, check_against, load_model
+from .modes import Baseline
 from .resources import check_batch, check_logits
 from .stream import ImageSet, Streamed, with_reference
 from .timing import MIN_WARMUP_S, Timing, time_runner  # noqa: F401 (MIN_WARMUP_S: re-exported)
@@ -40,7 +41,7 @@ class BenchConfig:
     iters: int | None = None
     seconds: float = 2.0
     threads: int = 0
-    baseline: str = "torch"          # torch | none
+    baseline: Baseline = Baseline.torch
     eval_dir: Path | None = None
     max_drop: float | None = None
     weights: Path | None = None      # override the engines' source weights for the baseline
@@ -173,11 +174,11 @@ def bench(cfg: BenchConfig, say: Callable[[str], None] = lambda s: None,
         raise GhostedgeError("no engine given: pass one or more .plan / .onnx files from ghostedge build")
     if any(b < 1 for b in cfg.batches):
         raise GhostedgeError("--batch sizes must be >= 1")
-    if cfg.baseline not in ("torch", "none"):
-        raise GhostedgeError(f"--baseline {cfg.baseline!r}: use torch or none")
+    if cfg.baseline not in tuple(Baseline):
+        raise SettingError("baseline", f"{{baseline}} {cfg.baseline!r}: use torch or none")
     if cfg.max_drop is not None and (cfg.eval_dir is None or cfg.on_calibration_images):
-        raise GhostedgeError("--max-drop needs --eval DIR (labelled images the calibration did not use): "
-                             "without them there is no drift to judge")
+        raise SettingError("max_drop", "{max_drop} needs {eval_dir} (labelled images the calibration did not use): "
+                                       "without them there is no drift to judge")
     opened = [(p, *open_runner(p, cfg.threads, cfg.cuda_graph)) for p in cfg.engines]
     fixed_shape = {p: backend_for_path(p).fixed_shape for p in cfg.engines}   # else any batch and size
 

@@ -15,7 +15,7 @@ from typing import Callable
 
 import onnx
 
-from .backends.common import Backend, BuildResult, Precision  # noqa: F401  (re-exported)
+from .backends.common import Backend, BuildResult, Frontend, Precision  # noqa: F401  (re-exported)
 from .backends.cuda import CudaStatus, cuda_status
 from .build_common import DEFAULT_BATCH, DLA_BATCH, BuildConfig, common_manifest, need_input, record_for, \
     resolve_batch  # noqa: F401  (BuildConfig, DEFAULT_BATCH, DLA_BATCH: re-exported)
@@ -336,7 +336,7 @@ def build_torch_tensorrt(cfg: BuildConfig, say: Callable[[str], None]) -> BuildR
 
 
 def build(cfg: BuildConfig, say: Callable[[str], None] = lambda s: None) -> BuildResult:
-    if cfg.frontend == "torch-tensorrt":
+    if cfg.frontend == Frontend.torch_tensorrt:
         from .backends.torch_tensorrt import check_torch_tensorrt_options
 
         check_torch_tensorrt_options(cfg)   # before torch is imported, and before --dla-core picks a batch

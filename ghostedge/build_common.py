@@ -10,12 +10,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import __version__
-from .backends.common import Backend, Precision
+from .backends.common import Backend, Frontend, Precision
 from .errors import GhostedgeError
 from .card import ModelCard, read_onnx_card
 from .manifest import cpu_name, file_sha256
 from .checkpoint import ModelSpec
-from .quantize import FP32_NAME, INT8_NAME, RECORD_NAME, load_record
+from .quantize import FP32_NAME, INT8_NAME, RECORD_NAME
+from .record import CalibrationRecord
 
 @dataclass
 class BuildConfig:
@@ -34,7 +35,7 @@ class BuildConfig:
     version_compatible: bool = False
     calib_cache: Path | None = None
     out: Path | None = None
-    frontend: str = "onnx"          # onnx | torch-tensorrt
+    frontend: Frontend = Frontend.onnx
     weights: Path | None = None     # for the torch-tensorrt frontend
     calib: Path | None = None       # calibration images: torch-tensorrt --int8; CPU selection's accuracy check
     threads: int = 0                # CPU engines: threads the selection measures with (0 = all)
@@ -59,19 +60,19 @@ def need_input(path: Path, what: str) -> Path:
     return path
 
 
-def record_for(engines: Path, onnx_path: Path, card: ModelCard | None = None) -> dict:
+def record_for(engines: Path, onnx_path: Path, card: ModelCard | None = None) -> CalibrationRecord:
     """The calibration record, checked against the weights the ONNX (whose card is ``card``, read when not
     given) was exported from."""
-    record = load_record(need_input(engines / RECORD_NAME, "the calibration record"))
+    record = CalibrationRecord.read(need_input(engines / RECORD_NAME, "the calibration record"))
     info = card or read_onnx_card(onnx_path)
-    if info and record.get("model", {}).get("fingerprint") not in (None, info.fingerprint):
+    if info and record.model_fingerprint not in (None, info.fingerprint):
         raise GhostedgeError(f"{engines / RECORD_NAME} was calibrated for other weights "
-                             f"({record['model']['fingerprint']}) than {onnx_path.name} ({info.fingerprint}): "
+                             f"({record.model_fingerprint}) than {onnx_path.name} ({info.fingerprint}): "
                              "rerun ghostedge quantize")
     return record
 
 
-def common_manifest(cfg: BuildConfig, src: Path, record: dict | None, info_src: Path,
+def common_manifest(cfg: BuildConfig, src: Path, record: CalibrationRecord | None, info_src: Path,
                     card: ModelCard | None = None) -> dict:
     info = card or read_onnx_card(info_src)
     return {
@@ -79,7 +80,7 @@ def common_manifest(cfg: BuildConfig, src: Path, record: dict | None, info_src: 
         "built_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "ghostedge": __version__,
         "source_onnx": {"path": str(src), "sha256": file_sha256(src)},
-        "calibration": ({"fingerprint": record["data"]["fingerprint"], "method": record["method"],
+        "calibration": ({"fingerprint": record.data.fingerprint, "method": record.method,
                          "record_sha256": file_sha256(cfg.engines / RECORD_NAME)} if record else None),
         "model": info.to_dict() if info else None,
         "batch": list(resolve_batch(cfg)),

@@ -52,6 +52,7 @@ from .build_common import common_manifest, need_input, record_for, resolve_batch
 from .cpu import NO_OVERFLOW_WEIGHT_MAX, CpuInt8, host_cpu
 from .errors import GhostedgeError
 from .quantize import FP32_NAME, INT8_NAME, RECORD_NAME
+from .record import CalibrationRecord
 from .timing import time_runner
 
 #: time per candidate and batch size while choosing (plus a 200 ms warm-up)
@@ -190,14 +191,14 @@ def _move_engine(src: Path, dst: Path, backend: str) -> None:
 CPU_FLOAT_PREFIX = ("/conv_stem/", "/blocks/blocks.0/")
 
 
-def build_onnxruntime_engine(cfg, dst: Path, record: dict | None,  # noqa: ANN001 (BuildConfig)
+def build_onnxruntime_engine(cfg, dst: Path, record: CalibrationRecord | None,  # noqa: ANN001 (BuildConfig)
                              variant: Variant | None = None) -> Path:
     from .backends.onnxruntime import optimize_to, quantize_for_cpu, to_uint8_weights
     if cfg.precision == Precision.int8:
         v = variant or forced_variant(Runtime.onnxruntime, True, host_cpu())
         fp32 = onnx.load(str(cfg.engines / FP32_NAME))
         exclude = [n.name for n in fp32.graph.node if any(p in n.name for p in CPU_FLOAT_PREFIX)]
-        exclude += [n for n in record.get("excluded_nodes", []) if "/se/" not in n]
+        exclude += [n for n in record.excluded_nodes if "/se/" not in n]
         if v.weight_bits == 7:   # weights refined for the 7-bit grid ORT's reduce_range then lands them on
             from .refine import apply_weights
 
@@ -224,7 +225,7 @@ def _qdq_onnx(cfg) -> onnx.ModelProto:  # noqa: ANN001 (BuildConfig)
     return onnx.load(str(need_input(cfg.engines / INT8_NAME, "the Q/DQ ONNX")))
 
 
-def cpu_qdq_variant(qdq: onnx.ModelProto, record: dict, fp32: onnx.ModelProto | None = None,
+def cpu_qdq_variant(qdq: onnx.ModelProto, record: CalibrationRecord, fp32: onnx.ModelProto | None = None,
                     refined=None) -> onnx.ModelProto:  # noqa: ANN001 (refine.Refined)
     """The calibration's Q/DQ graph for CPUs: the same amax per tensor, ReLU outputs (min >= 0) on the u8
     grid [0, amax], Q/DQ at the inputs of convs and residual adds, no shared Concat scales; the weights on
@@ -233,21 +234,20 @@ def cpu_qdq_variant(qdq: onnx.ModelProto, record: dict, fp32: onnx.ModelProto | 
     from .qdq import insert_qdq, plan_placement, strip_qdq, weight_grids
     from .refine import apply_weights
 
-    t = record["tensors"]
-    amax = {k: float(v["amax"]) for k, v in t.items()}
-    nonneg = {k for k, v in t.items() if float(v["min"]) >= 0.0}
+    amax = record.amax()
+    nonneg = {k for k, t in record.tensors.items() if t.min >= 0.0}
     if refined is None:
         base, grid = strip_qdq(qdq), weight_grids(qdq)
     else:
         base, grid = apply_weights(fp32, refined), refined.weight_amax
-    pl = plan_placement(base, set(record.get("excluded_nodes", [])), concat_groups=False)
+    pl = plan_placement(base, set(record.excluded_nodes), concat_groups=False)
     return insert_qdq(base, pl, amax, unsigned=nonneg, weight_amax=grid)
 
 
 _REFINED: dict[tuple, object] = {}
 
 
-def refined_for_bits(cfg, record: dict, bits: int):  # noqa: ANN001,ANN201 (BuildConfig -> refine.Refined)
+def refined_for_bits(cfg, record: CalibrationRecord, bits: int):  # noqa: ANN001,ANN201 (BuildConfig -> refine.Refined)
     """The calibration's weights rounded for a ``bits``-bit grid by quantize's own refinement (GPTQ rounding,
     bias correction) on the calibration images, from the FP32 ONNX: 7-bit weights rounded to nearest lose
     points of agreement that the same refinement as the 8-bit grid's mostly wins back. Computed once per
@@ -262,22 +262,22 @@ def refined_for_bits(cfg, record: dict, bits: int):  # noqa: ANN001,ANN201 (Buil
     if key in _REFINED:
         return _REFINED[key]
     fp32 = onnx.load(str(cfg.engines / FP32_NAME))
-    amax = {k: float(v["amax"]) for k, v in record["tensors"].items()}
+    amax = record.amax()
     rc = RefineConfig(weight_qmax=float(2 ** (bits - 1)))
-    folder = Path(cfg.calib or record["data"]["folder"])
-    paths = [folder / p for p in record["data"].get("paths", [])][:rc.images]
+    folder = Path(cfg.calib or record.data.folder)
+    paths = [folder / p for p in record.data.paths or []][:rc.images]
     info = read_onnx_card(fp32)
     if not paths or not all(p.is_file() for p in paths) or info is None:
         out = Refined(amax=amax)     # nothing to refine on: round to nearest (insert_qdq's default grid)
     else:
         u8, _, _ = load_images(paths, info.input, what=f"calibration images in {folder}")
-        pl = plan_placement(fp32, set(record.get("excluded_nodes", [])), concat_groups=False)
+        pl = plan_placement(fp32, set(record.excluded_nodes), concat_groups=False)
         out = refine(fp32, pl, {}, amax, normalize(u8, info.input), rc)
     _REFINED[key] = out
     return out
 
 
-def openvino_source(cfg, variant: Variant, record: dict | None) -> onnx.ModelProto:  # noqa: ANN001
+def openvino_source(cfg, variant: Variant, record: CalibrationRecord | None) -> onnx.ModelProto:  # noqa: ANN001
     """The ONNX an OpenVINO engine is made from: the FP32 ONNX, the TensorRT Q/DQ ONNX, or its CPU variant;
     with 7-bit weights where ``variant`` asks for them."""
     from .qdq import with_weight_bits
@@ -294,7 +294,7 @@ def openvino_source(cfg, variant: Variant, record: dict | None) -> onnx.ModelPro
 
 
 def build_openvino_engine(cfg, dst: Path, size: int, variant: Variant,  # noqa: ANN001 (BuildConfig)
-                          record: dict | None = None) -> int | None:
+                          record: CalibrationRecord | None = None) -> int | None:
     """IR with a dynamic batch and a static ``size`` x ``size`` (OpenVINO's CPU plugin runs static spatial
     shapes faster), from ``openvino_source``. Returns the largest |int8 weight| of that source (None: FP32)."""
     from .backends.openvino import save_ir
@@ -311,7 +311,7 @@ def build_openvino_engine(cfg, dst: Path, size: int, variant: Variant,  # noqa: 
     return qdq_weight_code_max(src) if cfg.precision == Precision.int8 else None
 
 
-def build_engine(cfg, variant: Variant, dst: Path, size: int, record: dict | None) -> int | None:  # noqa: ANN001
+def build_engine(cfg, variant: Variant, dst: Path, size: int, record: CalibrationRecord | None) -> int | None:  # noqa: ANN001
     """Build one CPU engine; returns the largest |int8 weight| it multiplies with (None: uint8 weights or
     FP32), for ``check_no_overflow``."""
     from .backends.onnxruntime import qoperator_weight_code_max
@@ -354,26 +354,25 @@ def mosaics(u8: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
     return out
 
 
-def check_images(cfg, record: dict | None, info, size: int,  # noqa: ANN001
+def check_images(cfg, record: CalibrationRecord | None, info, size: int,  # noqa: ANN001
                  n: int = SELECT_IMAGES) -> tuple[np.ndarray, dict]:
     """Up to n images the calibration did not use, preprocessed as the model says, and what they are."""
     import random
 
     from .data import find_images, load_images, normalize, sample_images
 
-    folder = cfg.calib or (Path(record["data"]["folder"]) if record else None)
+    folder = cfg.calib or (Path(record.data.folder) if record else None)
     if folder is None or not Path(folder).is_dir():
         raise GhostedgeError(f"choosing the CPU engine needs the calibration folder to check accuracy, and "
                              f"{folder} is not here: pass --calib DIR, or force one with --backend onnxruntime / "
                              "openvino")
     folder = Path(folder)
-    seed = int(record.get("seed", 0)) if record else 0
-    data = (record or {}).get("data", {})
-    if "paths" in data:
-        used = set(data["paths"])
+    seed = record.seed if record else 0
+    if record and record.data.paths is not None:
+        used = set(record.data.paths)
         note = ""
     else:  # a record from before the file list: the sample quantize drew, as far as it can be redrawn
-        used = {_rel(p, folder) for p in sample_images(folder, int(record["num_images"]) if record else 0, seed)}
+        used = {_rel(p, folder) for p in sample_images(folder, record.num_images if record else 0, seed)}
         note = "the calibration record has no file list (an older ghostedge): calibration images inferred; "
     files = find_images(folder)
     calib = [p for p in files if _rel(p, folder) in used]
@@ -582,7 +581,7 @@ def _activations(v: Variant) -> str:
     return "float32"
 
 
-def _write_cpu_manifest(cfg, variant: Variant, record: dict | None, fp32_path: Path,  # noqa: ANN001
+def _write_cpu_manifest(cfg, variant: Variant, record: CalibrationRecord | None, fp32_path: Path,  # noqa: ANN001
                         t0: float, selection: dict | None, code_max: int | None) -> BuildResult:
     from .manifest import write_manifest
 

@@ -9,20 +9,14 @@ backend materializes its own quantized graph from it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
 from typing import Callable, Iterable
 
 import numpy as np
 import onnx
 
+from .modes import Method  # noqa: F401  (re-exported)
+
 BINS = 2048
-
-
-class Method(str, Enum):
-    entropy = "entropy"
-    minmax = "minmax"
-    percentile = "percentile"
-    mse = "mse"
 
 
 @dataclass

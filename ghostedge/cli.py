@@ -9,15 +9,16 @@ from __future__ import annotations
 import json
 import sys
 import warnings
+from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Callable, Optional, TypeVar
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
 from . import __version__
-from .errors import GhostedgeError
+from .errors import GhostedgeError, SettingError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="GhostNet from PyTorch to INT8-quantized TensorRT / ONNX Runtime engines, "
@@ -29,6 +30,38 @@ out = Console()
 err = Console(stderr=True)
 _state = {"debug": False}
 
+E = TypeVar("E", bound=Enum)
+
+#: the flag of each settings field whose flag is not ``--field-name`` (SettingError messages name fields)
+FLAGS = {"eval_dir": "--eval", "trt_version": "--cache-trt-version", "batches": "--batch", "out": "--out"}
+
+
+def flag_for(setting: str) -> str:
+    return FLAGS.get(setting, "--" + setting.replace("_", "-"))
+
+
+def choice(enum: type[E]) -> Callable[[str], E]:
+    """A typer parser for a str Enum option: the value, or a usage error listing the choices."""
+    names = [e.value for e in enum]
+
+    def parse(value: str | E) -> E:
+        if isinstance(value, enum):
+            return value
+        try:
+            return enum(value)
+        except ValueError:
+            raise typer.BadParameter(f"{value!r}: use {', '.join(names[:-1])} or {names[-1]}") from None
+
+    return parse
+
+
+def choice_option(enum: type[Enum], *decls: str, help: str) -> typer.models.OptionInfo:  # noqa: A002
+    """An option taking one of a str Enum's values; --help shows them."""
+    return typer.Option(*decls, parser=choice(enum), metavar="<" + "|".join(e.value for e in enum) + ">",
+                        help=help)
+
+
+# model options, shared by every command that loads a checkpoint
 WeightsOpt = Annotated[Optional[Path], typer.Option(
     "--weights", help="checkpoint (.safetensors / .pth / .pt); default: the shipped reference model")]
 NumClassesOpt = Annotated[Optional[int], typer.Option(
@@ -41,6 +74,14 @@ PreprocessOpt = Annotated[Optional[str], typer.Option(
 ClassesOpt = Annotated[Optional[Path], typer.Option(
     "--classes", help="class names in output order: a text file (one per line) or an ImageFolder folder "
                       "(sorted subfolder names)")]
+ThreadsOpt = Annotated[int, typer.Option(help="CPU threads (0 = all cores)")]
+# bench options, shared by bench and pipeline
+EvalOpt = Annotated[Optional[Path], typer.Option("--eval", help="ImageFolder set for accuracy drift")]
+BenchBatchOpt = Annotated[str, typer.Option(help="bench batch sizes, comma-separated")]
+BenchImgSizeOpt = Annotated[Optional[int], typer.Option(help="bench input size (default: the model's)")]
+SecondsOpt = Annotated[float, typer.Option(help="bench time per engine and batch (when no --iters)")]
+MaxEvalImagesOpt = Annotated[int, typer.Option(help="cap on eval images (0 = all)")]
+PlotOpt = Annotated[Optional[Path], typer.Option(help="write a PNG plot")]
 
 
 def model_spec(num_classes: int | None = None, preprocess: str | None = None, classes: Path | None = None):  # noqa: ANN201
@@ -77,7 +118,8 @@ def run() -> None:
     except GhostedgeError as e:
         if _state["debug"]:
             raise
-        err.print(f"[red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+        msg = e.render(flag_for) if isinstance(e, SettingError) else str(e)   # the library names settings
+        err.print(f"[red]error:[/] {escape(msg)}", highlight=False, soft_wrap=True)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         err.print("interrupted: outputs already written are complete; nothing partial was left")

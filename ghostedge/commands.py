@@ -7,9 +7,12 @@ from typing import Annotated, Optional
 
 import typer
 
-from .cli import ClassesOpt, JsonOpt, NumClassesOpt, PreprocessOpt, WeightsOpt, _print_json, app, calib_app, err, \
+from .backends.common import Backend, Frontend
+from .cli import BenchBatchOpt, BenchImgSizeOpt, ClassesOpt, EvalOpt, JsonOpt, MaxEvalImagesOpt, NumClassesOpt, \
+    PlotOpt, PreprocessOpt, SecondsOpt, ThreadsOpt, WeightsOpt, _print_json, app, calib_app, choice_option, err, \
     model_spec, out
 from .errors import CheckFailed, GhostedgeError
+from .modes import Baseline, Method, Optimizer, Ranges, Rounding, Schedule
 
 
 @app.command()
@@ -26,12 +29,12 @@ def train(
     batch: Annotated[int, typer.Option()] = 64,
     lr: Annotated[float, typer.Option(help="peak learning rate")] = 2e-3,
     weight_decay: Annotated[float, typer.Option()] = 0.05,
-    optimizer: Annotated[str, typer.Option(help="adamw | sgd (Nesterov momentum)")] = "adamw",
+    optimizer: Annotated[Optimizer, choice_option(Optimizer, help="adamw | sgd (Nesterov momentum)")] = Optimizer.adamw,
     momentum: Annotated[float, typer.Option(help="--optimizer sgd: momentum")] = 0.9,
     preprocess: Annotated[str, typer.Option(
         help="preprocessing saved with the model, e.g. 'resize=146 interpolation=bicubic norm=inception'")] = "",
     warmup_epochs: Annotated[float, typer.Option()] = 2.0,
-    schedule: Annotated[str, typer.Option(help="cosine | step | constant")] = "cosine",
+    schedule: Annotated[Schedule, choice_option(Schedule, help="learning-rate schedule")] = Schedule.cosine,
     label_smoothing: Annotated[float, typer.Option()] = 0.1,
     min_scale: Annotated[float, typer.Option(
         help="augmentation strength: smallest random-resized-crop area (1.0 = no crop)")] = 0.25,
@@ -45,8 +48,6 @@ def train(
     """Train GhostNet from scratch (or fine-tune from --weights) on an ImageFolder tree."""
     from .train import TrainConfig, train as run_train
 
-    if schedule not in ("cosine", "step", "constant"):
-        raise GhostedgeError(f"--schedule {schedule!r} is unknown: use cosine, step or constant")
     cfg = TrainConfig(data=data, out=out_path, width=width, img_size=img_size, eval_img_size=eval_img_size,
                       epochs=epochs, batch=batch,
                       lr=lr, weight_decay=weight_decay, warmup_epochs=warmup_epochs, schedule=schedule,
@@ -90,16 +91,14 @@ def _say(s: str) -> None:
     err.print(s, highlight=False, markup=False)
 
 
-def refine_config(ranges: str, rounding: str, bias_correction: bool, images: int):  # noqa: ANN201
-    from .refine import RefineConfig
-
-    if ranges not in ("auto", "fixed"):
-        raise GhostedgeError(f"--ranges {ranges!r}: use auto or fixed")
-    if rounding not in ("gptq", "nearest"):
-        raise GhostedgeError(f"--rounding {rounding!r}: use gptq or nearest")
-    if images < 1:
-        raise GhostedgeError("--refine-images must be at least 1")
-    return RefineConfig(ranges=ranges, rounding=rounding, bias_correction=bias_correction, images=images)
+RANGES_HELP = ("fixed: --method for every tensor | auto: per tensor, the range method with the least "
+               "Fisher-weighted error (measured: no better on average; see README)")
+ROUNDING_HELP = "weight rounding: gptq (error-compensating, on the calibration images) | nearest"
+CACHE_TARGET_HELP = ("board the calibration cache is for: auto (this Jetson, else JetPack 5.1's TensorRT 8.5.2, the "
+                     "one that needs the cache for DLA INT8) or a --target preset of ghostedge build")
+BACKEND_HELP = ("auto (TensorRT on a GPU; on a CPU the fastest faithful engine, measured here) | tensorrt | "
+                "onnxruntime | openvino")
+TARGET_HELP = "auto | orin-nano | orin-nx | agx-orin | xavier-nx | agx-xavier | thor | dgpu"
 
 
 def _quantize_with_progress(cfg):  # noqa: ANN001,ANN202  (QuantizeConfig -> QuantizeResult)
@@ -227,7 +226,8 @@ def quantize(
     num_classes: NumClassesOpt = None,
     preprocess: PreprocessOpt = None,
     classes: ClassesOpt = None,
-    method: Annotated[str, typer.Option(help="mse (default: best measured) | entropy | minmax | percentile")] = "mse",
+    method: Annotated[Method, choice_option(Method, help="mse (default: best measured) | entropy | minmax | "
+                                                        "percentile")] = Method.mse,
     percentile: Annotated[float, typer.Option(help="for --method percentile")] = 99.99,
     num_images: Annotated[int, typer.Option(help="calibration images to use")] = 512,
     batch: Annotated[int, typer.Option(help="calibration batch size")] = 32,
@@ -236,11 +236,8 @@ def quantize(
     max_drop: Annotated[Optional[float], typer.Option(
         help="top-1 drop budget (points; without --eval: disagreement with FP32). Fails (exit 1) only when the "
              "drop exceeds it with 95% confidence; then the most damaging layers stay in float until it does not")] = None,
-    ranges: Annotated[str, typer.Option(
-        help="fixed: --method for every tensor | auto: per tensor, the range method with the least "
-             "Fisher-weighted error (measured: no better on average; see README)")] = "fixed",
-    rounding: Annotated[str, typer.Option(
-        help="weight rounding: gptq (error-compensating, on the calibration images) | nearest")] = "gptq",
+    ranges: Annotated[Ranges, choice_option(Ranges, help=RANGES_HELP)] = Ranges.fixed,
+    rounding: Annotated[Rounding, choice_option(Rounding, help=ROUNDING_HELP)] = Rounding.gptq,
     bias_correction: Annotated[bool, typer.Option(
         help="take each quantized conv's mean output shift out of its bias")] = True,
     refine_images: Annotated[int, typer.Option(
@@ -249,25 +246,20 @@ def quantize(
     threads: Annotated[int, typer.Option(help="CPU threads (0 = all)")] = 0,
     cache_trt_version: Annotated[Optional[str], typer.Option(
         help="TensorRT version stamped into the legacy calibration cache (default: the --target's)")] = None,
-    target: Annotated[str, typer.Option(
-        help="board the calibration cache is for: auto (this Jetson, else JetPack 5.1's TensorRT 8.5.2, the one "
-             "that needs the cache for DLA INT8) or a --target preset of ghostedge build")] = "auto",
+    target: Annotated[str, typer.Option(help=CACHE_TARGET_HELP)] = "auto",
     as_json: JsonOpt = False,
 ) -> None:
     """INT8 post-training quantization: Q/DQ ONNX + calibration record + TensorRT cache, drift measured."""
-    from .calibrate import Method
     from .quantize import QuantizeConfig, cache_trt_for
+    from .refine import RefineConfig
 
-    try:
-        m = Method(method)
-    except ValueError:
-        raise GhostedgeError(f"--method {method!r}: use entropy, minmax, percentile or mse") from None
     cfg = QuantizeConfig(calib=calib, out=out_dir, weights=weights, num_classes=num_classes,
-                         spec=model_spec(num_classes, preprocess, classes), method=m,
+                         spec=model_spec(num_classes, preprocess, classes), method=method,
                          percentile=percentile, num_images=num_images, batch=batch, eval_dir=eval_dir,
                          max_drop=max_drop, seed=seed, threads=threads,
                          trt_version=cache_trt_for(target, cache_trt_version),
-                         refine=refine_config(ranges, rounding, bias_correction, refine_images))
+                         refine=RefineConfig(ranges=ranges, rounding=rounding, bias_correction=bias_correction,
+                                             images=refine_images))
     res = _quantize_with_progress(cfg)
     if as_json:
         _print_json(res.to_dict())
@@ -335,11 +327,8 @@ def build(
     fp32: Annotated[bool, typer.Option("--fp32", help="FP32 engine")] = False,
     fp16: Annotated[bool, typer.Option("--fp16", help="FP16 engine (GPU only)")] = False,
     int8: Annotated[bool, typer.Option("--int8", help="INT8 engine from the Q/DQ ONNX (default)")] = False,
-    backend: Annotated[str, typer.Option(
-        help="auto (TensorRT on a GPU; on a CPU the fastest faithful engine, measured here) | tensorrt | "
-             "onnxruntime | openvino")] = "auto",
-    target: Annotated[str, typer.Option(help="auto | orin-nano | orin-nx | agx-orin | xavier-nx | agx-xavier | "
-                                             "thor | dgpu")] = "auto",
+    backend: Annotated[Backend, choice_option(Backend, help=BACKEND_HELP)] = Backend.auto,
+    target: Annotated[str, typer.Option(help=TARGET_HELP)] = "auto",
     batch: Annotated[Optional[str], typer.Option(
         help="N (static) or MIN:OPT:MAX (dynamic profile); default 1:8:32, or 8 (static) with --dla-core")] = None,
     img_size: Annotated[Optional[int], typer.Option(help="input size (default: the model's)")] = None,
@@ -354,7 +343,7 @@ def build(
         help="implicit INT8 from this legacy calibration cache (TensorRT < 11, DLA on JetPack 5)")] = None,
     engines: Annotated[Path, typer.Option(help="folder with the quantize outputs")] = Path("engines"),
     out_path: Annotated[Optional[Path], typer.Option("--out", help="engine file to write")] = None,
-    frontend: Annotated[str, typer.Option(help="onnx | torch-tensorrt")] = "onnx",
+    frontend: Annotated[Frontend, choice_option(Frontend, help="onnx | torch-tensorrt")] = Frontend.onnx,
     calib: Annotated[Optional[Path], typer.Option(
         help="calibration images: for --frontend torch-tensorrt --int8 (default ./calib), and for the CPU "
              "engine choice's accuracy check (default: the folder quantize used)")] = None,
@@ -365,22 +354,16 @@ def build(
     as_json: JsonOpt = False,
 ) -> None:
     """Build an engine: TensorRT for NVIDIA GPUs / Jetson, ONNX Runtime on a CPU."""
-    from .build import Backend, BuildConfig, Precision, build as run_build, parse_batch
+    from .build import BuildConfig, Precision, build as run_build, parse_batch
 
     chosen = [p for p, on in (("fp32", fp32), ("fp16", fp16), ("int8", int8)) if on]
     if len(chosen) > 1:
         raise GhostedgeError("pass one of --fp32, --fp16, --int8")
-    try:
-        be = Backend(backend)
-    except ValueError:
-        raise GhostedgeError(f"--backend {backend!r}: use auto, tensorrt, onnxruntime or openvino") from None
-    if frontend not in ("onnx", "torch-tensorrt"):
-        raise GhostedgeError(f"--frontend {frontend!r}: use onnx or torch-tensorrt")
     if opt_level is not None and not 0 <= opt_level <= 5:
         raise GhostedgeError("--opt-level must be 0..5")
     if workspace is not None and workspace < 1:
         raise GhostedgeError("--workspace must be a positive number of MiB")
-    cfg = BuildConfig(engines=engines, precision=Precision(chosen[0] if chosen else "int8"), backend=be,
+    cfg = BuildConfig(engines=engines, precision=Precision(chosen[0] if chosen else "int8"), backend=backend,
                       target=target, batch=parse_batch(batch) if batch else None, img_size=img_size,
                       workspace_mib=workspace,
                       dla_core=dla_core, gpu_fallback=gpu_fallback, timing_cache=timing_cache,
@@ -438,20 +421,6 @@ def _parse_batches(batch: str) -> tuple[int, ...]:
     return batches
 
 
-def _bench_cfg(engines: list[Path], batch: str, img_size, warmup, iters, seconds, threads, baseline,  # noqa: ANN001
-               eval_dir, max_drop, weights, max_eval_images, cuda_graph=False, spec=None,  # noqa: ANN001
-               reference_cache=True, on_calibration_images=False):  # noqa: ANN001
-    from .bench import BenchConfig
-
-    batches = _parse_batches(batch)
-    if iters is not None and iters < 1:
-        raise GhostedgeError("--iters must be >= 1")
-    return BenchConfig(engines=engines, batches=batches, img_size=img_size, warmup=warmup, iters=iters,
-                       seconds=seconds, threads=threads, baseline=baseline, eval_dir=eval_dir, max_drop=max_drop,
-                       weights=weights, max_eval_images=max_eval_images, cuda_graph=cuda_graph, spec=spec,
-                       reference_cache=reference_cache, on_calibration_images=on_calibration_images)
-
-
 def _render_bench(res: dict, as_json: bool, report: Optional[Path], plot: Optional[Path]) -> None:
     from .report import bench_plot, print_bench, write_markdown
 
@@ -472,17 +441,17 @@ def _render_bench(res: dict, as_json: bool, report: Optional[Path], plot: Option
 def bench(
     engines: Annotated[list[Path], typer.Argument(
         help=".plan (TensorRT), .onnx (ONNX Runtime) and/or .xml (OpenVINO) engines")],
-    batch: Annotated[str, typer.Option(help="batch sizes, comma-separated")] = "1,8,32",
-    img_size: Annotated[Optional[int], typer.Option(help="input size (default: the model's)")] = None,
+    batch: BenchBatchOpt = "1,8,32",
+    img_size: BenchImgSizeOpt = None,
     warmup: Annotated[int, typer.Option(help="untimed iterations per engine and batch")] = 3,
     iters: Annotated[Optional[int], typer.Option(help="timed iterations (default: run for --seconds)")] = None,
-    seconds: Annotated[float, typer.Option(help="time per engine and batch when --iters is not given")] = 2.0,
-    threads: Annotated[int, typer.Option(help="CPU threads (0 = all cores)")] = 0,
-    baseline: Annotated[str, typer.Option(help="torch | none")] = "torch",
-    eval_dir: Annotated[Optional[Path], typer.Option("--eval", help="ImageFolder set for accuracy drift")] = None,
+    seconds: SecondsOpt = 2.0,
+    threads: ThreadsOpt = 0,
+    baseline: Annotated[Baseline, choice_option(Baseline, help="torch | none")] = Baseline.torch,
+    eval_dir: EvalOpt = None,
     max_drop: Annotated[Optional[float], typer.Option(
         help="exit 1 when an engine's top-1 drop exceeds this (points) with 95% confidence")] = None,
-    max_eval_images: Annotated[int, typer.Option(help="cap on eval images (0 = all)")] = 0,
+    max_eval_images: MaxEvalImagesOpt = 0,
     weights: WeightsOpt = None,
     preprocess: PreprocessOpt = None,
     classes: ClassesOpt = None,
@@ -493,17 +462,20 @@ def bench(
              "$GHOSTEDGE_CACHE_DIR)")] = True,
     as_json: JsonOpt = False,
     report: Annotated[Optional[Path], typer.Option(help="write a Markdown report")] = None,
-    plot: Annotated[Optional[Path], typer.Option(help="write a PNG plot")] = None,
+    plot: PlotOpt = None,
 ) -> None:
     """Throughput, latency and accuracy drift of engines vs the FP32 PyTorch model, in one run."""
-    from .bench import gate
+    from .bench import BenchConfig, gate
     from .report import check_plot_available
 
     if plot:
         check_plot_available()
-    cfg = _bench_cfg(engines, batch, img_size, warmup, iters, seconds, threads, baseline, eval_dir, max_drop,
-                     weights, max_eval_images, cuda_graph, model_spec(None, preprocess, classes),
-                     reference_cache)
+    if iters is not None and iters < 1:
+        raise GhostedgeError("--iters must be >= 1")
+    cfg = BenchConfig(engines=engines, batches=_parse_batches(batch), img_size=img_size, warmup=warmup, iters=iters,
+                      seconds=seconds, threads=threads, baseline=baseline, eval_dir=eval_dir, max_drop=max_drop,
+                      weights=weights, max_eval_images=max_eval_images, cuda_graph=cuda_graph,
+                      spec=model_spec(None, preprocess, classes), reference_cache=reference_cache)
     res = _bench_with_progress(cfg)
     _render_bench(res, as_json, report, plot)
     gate(res)
@@ -516,70 +488,41 @@ def pipeline(
     num_classes: NumClassesOpt = None,
     preprocess: PreprocessOpt = None,
     classes: ClassesOpt = None,
-    eval_dir: Annotated[Optional[Path], typer.Option("--eval", help="ImageFolder set for accuracy drift")] = None,
+    eval_dir: EvalOpt = None,
     engines: Annotated[Path, typer.Option(help="output folder")] = Path("engines"),
-    method: Annotated[str, typer.Option(help="calibration method")] = "mse",
+    method: Annotated[Method, choice_option(Method, help="calibration method")] = Method.mse,
     num_images: Annotated[int, typer.Option(help="calibration images")] = 512,
     calib_batch: Annotated[int, typer.Option(help="calibration batch size")] = 32,
-    backend: Annotated[str, typer.Option(help="auto | tensorrt | onnxruntime | openvino")] = "auto",
-    batch: Annotated[str, typer.Option(help="bench batch sizes")] = "1,8,32",
-    img_size: Annotated[Optional[int], typer.Option(help="bench input size (default: the model's)")] = None,
-    seconds: Annotated[float, typer.Option(help="bench time per engine and batch")] = 2.0,
-    threads: Annotated[int, typer.Option(help="CPU threads (0 = all)")] = 0,
+    ranges: Annotated[Ranges, choice_option(Ranges, help=RANGES_HELP)] = Ranges.fixed,
+    rounding: Annotated[Rounding, choice_option(Rounding, help=ROUNDING_HELP)] = Rounding.gptq,
+    target: Annotated[str, typer.Option(
+        help=f"board: the TensorRT build's preset and the calibration cache's stamp ({TARGET_HELP})")] = "auto",
+    backend: Annotated[Backend, choice_option(Backend, help=BACKEND_HELP)] = Backend.auto,
+    batch: BenchBatchOpt = "1,8,32",
+    img_size: BenchImgSizeOpt = None,
+    seconds: SecondsOpt = 2.0,
+    threads: ThreadsOpt = 0,
     max_drop: Annotated[Optional[float], typer.Option(
         help="exit 1 when INT8's top-1 drop exceeds this (points) with 95% confidence")] = None,
-    max_eval_images: Annotated[int, typer.Option(help="cap on eval images (0 = all)")] = 0,
+    max_eval_images: MaxEvalImagesOpt = 0,
     report: Annotated[Path, typer.Option(help="Markdown report")] = Path("engines/report.md"),
-    plot: Annotated[Optional[Path], typer.Option(help="PNG plot")] = None,
+    plot: PlotOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """quantize -> build (TensorRT on a GPU, ONNX Runtime otherwise) -> bench with drift, one report."""
     from .bench import gate
-    from .build import Backend, BuildConfig, Precision, build as run_build
-    from .calibrate import Method
-    from .quantize import QuantizeConfig, cache_trt_for
+    from .pipeline import PipelineSettings, pipeline as run_pipeline
     from .report import check_plot_available
 
     if plot:
         check_plot_available()
-    if max_drop is not None and eval_dir is None:
-        raise GhostedgeError("--max-drop needs --eval DIR (labelled images the calibration did not use): without "
-                             "it pipeline can only compare engines on the calibration images, which is not drift")
-    try:
-        m, be = Method(method), Backend(backend)
-    except ValueError:
-        raise GhostedgeError("--method: entropy|minmax|percentile|mse; --backend: auto|tensorrt|onnxruntime|openvino") \
-            from None
-    batches = _parse_batches(batch)
-    _say("[1/3] quantize")
-    q = _quantize_with_progress(QuantizeConfig(calib=calib, out=engines, weights=weights, num_classes=num_classes,
-                                               spec=model_spec(num_classes, preprocess, classes), method=m,
-                                               num_images=num_images, batch=calib_batch, threads=threads,
-                                               trt_version=cache_trt_for()))
-    _say(f"  INT8 vs FP32 on {q.drift_set}: agreement {q.drift.agreement:.2f}%"
-         + ("" if eval_dir else " (calibration-folder images: a faithfulness check, not a drift estimate; pass "
-                                "--eval DIR for drift)"))
-    _say("[2/3] build")
-    from .build import choose_backend
-
-    resolved = choose_backend(BuildConfig(backend=be), lambda s: None)   # each build says what it chose
-    if resolved == Backend.tensorrt:
-        be = resolved           # else (auto on a CPU) each engine is chosen by measurement, as in ghostedge build
-    built = []
-    precs = (Precision.fp16, Precision.int8) if resolved == Backend.tensorrt else (Precision.fp32, Precision.int8)
-    for prec in precs:
-        out_path = engines / f"ghostnet.{prec.value}.plan" if resolved == Backend.tensorrt else None
-        r = run_build(BuildConfig(engines=engines, precision=prec, backend=be, out=out_path, threads=threads,
-                                  calib=calib, batch=(1, max(batches), max(batches))), say=_say)
-        _say(f"  {r.engine} ({r.backend}, {r.precision})")
-        built.append(r.engine)
-    _say("[3/3] bench")
-    # without --eval the engines are still run on calibration-folder images (at most --num-images), reported
-    # apart as a faithfulness check: never as drift, never in the gate
-    cfg = _bench_cfg(built, batch, img_size, 3, None, seconds, threads, "torch", eval_dir or calib, max_drop,
-                     weights, max_eval_images or (0 if eval_dir else num_images),
-                     on_calibration_images=eval_dir is None)
-    res = _bench_with_progress(cfg)
-    res["quantize"] = q.to_dict()
-    _render_bench(res, as_json, report, plot)
-    gate(res)
+    settings = PipelineSettings(calib=calib, weights=weights, num_classes=num_classes,
+                                spec=model_spec(num_classes, preprocess, classes), eval_dir=eval_dir, engines=engines,
+                                method=method, num_images=num_images, calib_batch=calib_batch, ranges=ranges,
+                                rounding=rounding, target=target, backend=backend, batches=_parse_batches(batch),
+                                img_size=img_size, seconds=seconds, threads=threads, max_drop=max_drop,
+                                max_eval_images=max_eval_images)
+    with _progress() as p:
+        res = run_pipeline(settings, say=_say, progress=_ticker(p))
+    _render_bench(res.bench, as_json, report, plot)
+    gate(res.bench)

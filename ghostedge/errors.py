@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 #: exit code for bad input or usage
 EXIT_USAGE = 2
@@ -31,6 +32,27 @@ class CheckFailed(GhostedgeError):
 
     def __init__(self, message: str):
         super().__init__(message, exit_code=EXIT_CHECK)
+
+
+class SettingError(GhostedgeError):
+    """A setting's value cannot work. The message names settings as ``{field}`` placeholders (the settings
+    dataclass's field names): ``str()`` shows the field names, a front end its own names for them
+    (``render``), so the library never names a command-line flag."""
+
+    _FIELD = re.compile(r"\{([a-z][a-z0-9_]*)\}")
+
+    def __init__(self, setting: str, message: str, exit_code: int = EXIT_USAGE):
+        self.setting = setting
+        self.template = message
+        super().__init__(self.render(lambda name: name), exit_code)
+
+    def render(self, name_of: Callable[[str], str]) -> str:
+        return self._FIELD.sub(lambda m: name_of(m.group(1)), self.template)
+
+    def renamed(self, names: dict[str, str]) -> SettingError:
+        """The same error for a caller whose settings call these fields otherwise (old -> new)."""
+        return SettingError(names.get(self.setting, self.setting),
+                            self.render(lambda n: "{" + names.get(n, n) + "}"), self.exit_code)
 
 
 @contextlib.contextmanager

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from onnx import numpy_helper
 
 from .calibrate import TensorStats, amax_entropy, amax_mse, amax_percentile
+from .modes import Ranges, Rounding
 from .qdq import QMAX, Placement, group_amax, scale_groups
 from .state import flush_denormals
 
@@ -208,8 +209,8 @@ class TorchGraph:
 
 @dataclass
 class RefineConfig:
-    ranges: str = "fixed"           # "fixed": the amax table as given (--method); "auto": per-tensor choice
-    rounding: str = "gptq"          # "gptq" or "nearest"
+    ranges: Ranges = Ranges.fixed   # fixed: the amax table as given (the method's); auto: per-tensor choice
+    rounding: Rounding = Rounding.gptq
     bias_correction: bool = True
     images: int = 256               # calibration images the refinement runs on (a subset of the calibration set)
     chunk: int = 32

@@ -25,8 +25,9 @@ import torch.nn.functional as F
 from .card import InputSpec, ModelCard, parse_preprocess
 from .checkpoint import imagenet_classes, read_checkpoint, save_checkpoint
 from .data import LabelledSet, class_folders, labelled_set, load_images, normalize
-from .errors import GhostedgeError, atomic_path
+from .errors import GhostedgeError, SettingError, atomic_path
 from .model import ARCHITECTURES, GhostNet
+from .modes import Optimizer, Schedule
 from .state import seeded, torch_threads
 
 
@@ -41,11 +42,11 @@ class TrainConfig:
     batch: int = 64
     lr: float = 2e-3
     weight_decay: float = 0.05
-    optimizer: str = "adamw"         # adamw | sgd (momentum, Nesterov)
+    optimizer: Optimizer = Optimizer.adamw
     momentum: float = 0.9            # sgd only
     preprocess: str = ""             # one-line description (mean/std/interpolation/crop), see parse_preprocess
     warmup_epochs: float = 2.0
-    schedule: str = "cosine"         # cosine | step | constant
+    schedule: Schedule = Schedule.cosine
     label_smoothing: float = 0.1
     min_scale: float = 0.25          # random-resized-crop scale lower bound (augmentation strength)
     ema_decay: float = 0.999
@@ -145,8 +146,10 @@ def train(cfg: TrainConfig, progress: Callable[[str], None] | None = None) -> di
                              "imagenette/train/n01440764/*.JPEG)")
     if cfg.epochs < 1 or cfg.batch < 1 or cfg.img_size < 32 or cfg.lr <= 0:
         raise GhostedgeError("epochs, batch, lr must be positive and img-size at least 32")
-    if cfg.optimizer not in ("adamw", "sgd"):
-        raise GhostedgeError(f"--optimizer {cfg.optimizer!r}: use adamw or sgd")
+    if cfg.optimizer not in tuple(Optimizer):
+        raise SettingError("optimizer", f"{{optimizer}} {cfg.optimizer!r}: use adamw or sgd")
+    if cfg.schedule not in tuple(Schedule):
+        raise SettingError("schedule", f"{{schedule}} {cfg.schedule!r}: use cosine, step or constant")
     with torch_threads(cfg.threads), seeded(cfg.seed, deterministic=True):
         return _train(cfg, say, root, train_dir, val_dir, torch.Generator().manual_seed(cfg.seed))
 

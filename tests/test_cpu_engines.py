@@ -107,9 +107,10 @@ def test_selection_needs_the_calibration_images(engines_copy: Path, tmp_path: Pa
 
 def test_cpu_int8_keeps_the_calibrated_ranges_not_the_raw_min_max():
     from ghostedge.backends.onnxruntime import calibrated_ranges
+    from ghostedge.record import TensorRange
 
-    r = calibrated_ranges({"relu": {"min": 0.0, "max": 40.0, "amax": 6.0},
-                           "signed": {"min": -9.0, "max": 3.0, "amax": 5.0}})
+    r = calibrated_ranges({"relu": TensorRange.from_dict({"min": 0.0, "max": 40.0, "amax": 6.0}),
+                           "signed": TensorRange.from_dict({"min": -9.0, "max": 3.0, "amax": 5.0})})
     assert r == {"relu": (0.0, 6.0), "signed": (-5.0, 3.0)}
 
 
@@ -141,22 +142,22 @@ def test_cpu_qdq_variant_keeps_the_ranges_and_leaves_the_tensorrt_graph_alone(en
     from onnx import numpy_helper
 
     from ghostedge.build_cpu import cpu_qdq_variant
-    from ghostedge.quantize import load_record
+    from ghostedge.record import CalibrationRecord
 
     before = (engines_copy / "ghostnet.int8.onnx").read_bytes()
-    rec = load_record(engines_copy / "ghostnet.calib.json")
+    rec = CalibrationRecord.read(engines_copy / "ghostnet.calib.json")
     v = cpu_qdq_variant(onnx.load(str(engines_copy / "ghostnet.int8.onnx")), rec)
     inits = {t.name: numpy_helper.to_array(t) for t in v.graph.initializer}
     seen = 0
     for n in v.graph.node:
-        if n.op_type != "QuantizeLinear" or n.input[0] not in rec["tensors"]:
+        if n.op_type != "QuantizeLinear" or n.input[0] not in rec.tensors:
             continue
-        t = rec["tensors"][n.input[0]]
+        t = rec.tensors[n.input[0]]
         scale, zp = float(inits[n.input[1]]), inits[n.input[2]]
-        if t["min"] >= 0:
-            assert zp.dtype == np.uint8 and abs(scale * 255 - t["amax"]) < 1e-5 * max(1.0, t["amax"])
+        if t.min >= 0:
+            assert zp.dtype == np.uint8 and abs(scale * 255 - t.amax) < 1e-5 * max(1.0, t.amax)
         else:
-            assert zp.dtype == np.int8 and abs(scale * 127 - t["amax"]) < 1e-5 * max(1.0, t["amax"])
+            assert zp.dtype == np.int8 and abs(scale * 127 - t.amax) < 1e-5 * max(1.0, t.amax)
         seen += 1
     assert seen > 10
     assert not [n for n in v.graph.node if n.op_type == "Concat" and any("dequantized" in i for i in n.input)]

@@ -19,7 +19,7 @@ from ghostedge.build_cpu import (FAITHFUL_ALPHA, FAITHFUL_TOL_PTS, SELECT_IMAGES
 from ghostedge.cpu import NO_OVERFLOW_WEIGHT_MAX, read_cpu
 from ghostedge.estimate import executed_graph, int8_kernels, qdq_logits
 from ghostedge.export import INPUT_NAME, ort_session
-from ghostedge.quantize import load_record
+from ghostedge.record import CalibrationRecord
 
 XEON = "model name\t: Intel(R) Xeon(R) Processor\nflags\t\t: fpu sse avx avx2 fma avx512f avx512bw avx512_vnni avx512_bf16\n"
 EPYC_VNNI = "model name\t: AMD EPYC\nflags\t\t: fpu avx avx2 fma avx512f avx512bw avx512_vnni avx512_bf16\n"
@@ -79,13 +79,13 @@ def test_two_independent_estimates_agree_image_for_image(tmp_path: Path):
     calib = Path(__file__).resolve().parents[1] / "calib"
     quantize(QuantizeConfig(calib=calib, out=tmp_path, num_images=64, holdout=0, batch=32, threads=2,
                             refine=RefineConfig(rounding="nearest", bias_correction=False)))
-    rec = load_record(tmp_path / "ghostnet.calib.json")
+    rec = CalibrationRecord.read(tmp_path / "ghostnet.calib.json")
     fp32 = onnx.load(str(tmp_path / "ghostnet.onnx"))
     _, info = load_model(None)
     u8, _, _ = load_images(sample_images(calib, 128, 7), info.preprocess)
     x = normalize(u8, info.preprocess)
-    amax = {k: v["amax"] for k, v in rec["tensors"].items()}
-    pl = plan_placement(fp32, set(rec["excluded_nodes"]))
+    amax = {k: v.amax for k, v in rec.tensors.items()}
+    pl = plan_placement(fp32, set(rec.excluded_nodes))
     mine = quantized_logits(fp32, pl, Refined(amax=amax), x)
     est = qdq_logits(tmp_path / "ghostnet.int8.onnx", x, threads=2)
     assert (mine.argmax(1) == est.argmax(1)).mean() >= 0.97
@@ -166,7 +166,7 @@ def test_every_no_vnni_engine_built_passes_the_static_check(engines_copy: Path, 
               bc.Variant("u8u8", "onnxruntime", "qoperator", uint8_weights=True)):
         out = engines_copy / f"{v.name}.ort.onnx"
         bc.build_onnxruntime_engine(BuildConfig(engines=engines_copy, precision=Precision.int8), out,
-                                    load_record(engines_copy / "ghostnet.calib.json"), v)
+                                    CalibrationRecord.read(engines_copy / "ghostnet.calib.json"), v)
         worst = qoperator_weight_code_max(onnx.load(str(out)))
         assert (worst is None) if v.uint8_weights else (0 < worst <= NO_OVERFLOW_WEIGHT_MAX)
     # and forced builds on that CPU pick a safe variant
@@ -182,7 +182,7 @@ def test_uint8_weights_are_the_same_numbers(engines_copy: Path):
     from ghostedge.build_cpu import refined_float_graph
 
     cfg = BuildConfig(engines=engines_copy, precision=Precision.int8)
-    s8 = quantize_for_cpu(refined_float_graph(cfg), load_record(engines_copy / "ghostnet.calib.json"))
+    s8 = quantize_for_cpu(refined_float_graph(cfg), CalibrationRecord.read(engines_copy / "ghostnet.calib.json"))
     u8 = to_uint8_weights(s8)
     a = {t.name: numpy_helper.to_array(t).astype(np.int32) for t in s8.graph.initializer}
     b = {t.name: numpy_helper.to_array(t) for t in u8.graph.initializer}
@@ -232,18 +232,18 @@ def test_one_image_never_drops_an_engine():
 def test_choice_never_checks_on_calibration_images(engines_dir: Path, image_folder: Path):
     from ghostedge.card import read_onnx_card
 
-    rec = load_record(engines_dir / "ghostnet.calib.json")
+    rec = CalibrationRecord.read(engines_dir / "ghostnet.calib.json")
     info = read_onnx_card(engines_dir / "ghostnet.onnx")
     cfg = BuildConfig(engines=engines_dir, precision=Precision.int8, calib=image_folder)
     x, what = check_images(cfg, rec, info, 32)
     n_files = len(list(p for p in image_folder.rglob("*") if p.is_file()))
-    assert what["real"] == n_files - len(rec["data"]["paths"]) > 0
+    assert what["real"] == n_files - len(rec.data.paths) > 0
     assert what["synthetic"] == SELECT_IMAGES - what["real"] and "synthetic" in what["note"]
     assert len(x) == SELECT_IMAGES
     # no check image is a calibration image
     from ghostedge.data import load_images, normalize
 
-    cal = normalize(load_images([image_folder / p for p in rec["data"]["paths"]], info.preprocess, 32)[0],
+    cal = normalize(load_images([image_folder / p for p in rec.data.paths], info.preprocess, 32)[0],
                     info.preprocess)
     flat_cal = {c.tobytes() for c in cal}
     assert not any(xi.tobytes() in flat_cal for xi in x)

@@ -14,6 +14,12 @@ class Backend(str, Enum):
     openvino = "openvino"
 
 
+class Frontend(str, Enum):
+    """What a TensorRT engine is compiled from."""
+    onnx = "onnx"                        # the (Q/DQ) ONNX, TensorRT's parser
+    torch_tensorrt = "torch-tensorrt"    # the PyTorch model, torch-tensorrt's compiler
+
+
 class Precision(str, Enum):
     fp32 = "fp32"
     fp16 = "fp16"

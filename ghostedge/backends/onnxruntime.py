@@ -15,6 +15,7 @@ import onnx
 
 from ..errors import GhostedgeError, atomic_path
 from ..manifest import read_manifest
+from ..record import CalibrationRecord, TensorRange
 from .base import Backend, BaseRunner, TensorInfo
 from .layers import annotate_layers
 
@@ -55,17 +56,16 @@ def check_ort_version(version: str) -> None:
                              f"'onnxruntime>={lo[0]}.{lo[1]},<{hi[0]}.{hi[1]}', or build with --backend openvino")
 
 
-def calibrated_ranges(tensors: dict) -> dict[str, tuple[float, float]]:
+def calibrated_ranges(tensors: dict[str, TensorRange]) -> dict[str, tuple[float, float]]:
     """Each tensor's observed min/max clipped to the calibration's chosen |range| (amax): the method's
     outlier clipping (mse, percentile, entropy) carries over to the asymmetric uint8 graph."""
     out = {}
-    for k, v in tensors.items():
-        lo, hi, amax = float(v["min"]), float(v["max"]), float(v.get("amax", max(abs(v["min"]), abs(v["max"]))))
-        out[k] = (max(lo, -amax), min(hi, amax))
+    for k, t in tensors.items():
+        out[k] = (max(t.min, -t.amax), min(t.max, t.amax))
     return out
 
 
-def quantize_for_cpu(fp32: onnx.ModelProto, record: dict, exclude: list[str] | None = None,
+def quantize_for_cpu(fp32: onnx.ModelProto, record: CalibrationRecord, exclude: list[str] | None = None,
                      reduce_range: bool = False) -> onnx.ModelProto:
     """u8s8 QOperator model from the FP32 ONNX and the calibration record's calibrated ranges.
     ``reduce_range``: weights on ONNX Runtime's 7-bit grid [-64, 64], which its documentation recommends for
@@ -79,7 +79,7 @@ def quantize_for_cpu(fp32: onnx.ModelProto, record: dict, exclude: list[str] | N
     from onnxruntime.quantization.quant_utils import QuantizationMode
     from onnxruntime.quantization.registry import QLinearOpsRegistry
 
-    tensors = record["tensors"]
+    tensors = record.tensors
     names = {o for n in fp32.graph.node for o in n.output} | {i.name for i in fp32.graph.input}
     missing = sorted(names - set(tensors))
     if missing:
