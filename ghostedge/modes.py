@@ -8,11 +8,11 @@ from enum import Enum
 
 
 class Method(str, Enum):
-    """How an activation's range is computed from its calibration statistics."""
-    entropy = "entropy"
-    minmax = "minmax"
-    percentile = "percentile"
-    mse = "mse"
+    """How an activation's range is computed from its calibration statistics (calibrate.compute_amax)."""
+    entropy = "entropy"          # TensorRT's: the clip with the least KL divergence of the histogram
+    minmax = "minmax"            # the largest |value| seen
+    percentile = "percentile"    # that percentile of |value|
+    mse = "mse"                  # the clip with the least expected squared error (best measured)
 
 
 class Ranges(str, Enum):

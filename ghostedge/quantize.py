@@ -206,16 +206,22 @@ def sensitivity(fp32: onnx.ModelProto, excluded: set[str], refined: Refined, x: 
 
 
 @dataclass
+class CalibrationImages:
+    """The calibration images picked and decoded, and the held-out rest of the folder."""
+    x: np.ndarray                      # preprocessed
+    paths: list[Path]                  # their files (the ones that decoded)
+    held_out: list[Path]               # for label-free drift
+    skipped: int                       # unreadable files
+
+
+@dataclass
 class Calibration:
     """What the calibrate step produced: the model, its FP32 graph, the calibration images and their statistics."""
     model: torch.nn.Module
     info: ModelCard
     fp32_path: Path
     fp32: onnx.ModelProto
-    x_cal: np.ndarray                  # the calibration images, preprocessed
-    calib_paths: list[Path]            # their files (the ones that decoded)
-    hold_paths: list[Path]             # held-out images of the same folder, for label-free drift
-    skipped: int                       # unreadable calibration files
+    images: CalibrationImages
     stats: dict[str, TensorStats]
     excluded: list[str]                # nodes kept in float by pattern
 
@@ -261,15 +267,6 @@ def check_config(cfg: QuantizeConfig) -> None:
         raise SettingError("refine_images", "{refine_images} must be at least 1")
 
 
-@dataclass
-class CalibrationImages:
-    """The calibration images picked and decoded, and the held-out rest of the folder."""
-    x: np.ndarray                      # preprocessed
-    paths: list[Path]                  # their files (the ones that decoded)
-    held_out: list[Path]               # for label-free drift
-    skipped: int                       # unreadable files
-
-
 def calibration_images(cfg: QuantizeConfig, info: ModelCard, say: Callable[[str], None]) -> CalibrationImages:
     """Pick (seeded) and decode the calibration images, plus up to cfg.holdout held-out ones."""
     pre = info.input
@@ -311,8 +308,7 @@ def calibrate_model(cfg: QuantizeConfig, model: torch.nn.Module, info: ModelCard
 
     stats = collect_stats(fp32, lambda: batches(images.x, cfg.batch), INPUT_NAME, cfg.threads,
                           histograms=cfg.method != Method.minmax, on_batch=on_batch)
-    return Calibration(model=model, info=info, fp32_path=fp32_path, fp32=fp32, x_cal=images.x,
-                       calib_paths=images.paths, hold_paths=images.held_out, skipped=images.skipped, stats=stats,
+    return Calibration(model=model, info=info, fp32_path=fp32_path, fp32=fp32, images=images, stats=stats,
                        excluded=_excluded_nodes(fp32, cfg.exclude))
 
 
@@ -321,7 +317,7 @@ def refine_ranges(cfg: QuantizeConfig, cal: Calibration, say: Callable[[str], No
     """The method's amax per tensor, then the refinements (range choice, weight rounding, bias correction)."""
     base_amax = amax_table(cal.stats, cfg.method, cfg.percentile)
     try:
-        return refine(cal.fp32, plan_placement(cal.fp32, set(cal.excluded)), cal.stats, base_amax, cal.x_cal,
+        return refine(cal.fp32, plan_placement(cal.fp32, set(cal.excluded)), cal.stats, base_amax, cal.images.x,
                       cfg.refine, tick)
     except Unsupported as e:
         say(f"refinement skipped ({e} not supported by the interpreter): plain {cfg.method.value} ranges")
@@ -390,7 +386,7 @@ def search_float_layers(cfg: QuantizeConfig, cal: Calibration, refined: Refined,
         y_s = None if y_ev is None else y_ev[s_idx]
         search_imgs = kept_imgs.subset(s_idx, f"search half of the {drift_imgs.what}")
         d_search = compare(ref[s_idx], got[s_idx], y_s, info.classes)
-        x_s = cal.x_cal[:SENSITIVITY_IMAGES]
+        x_s = cal.images.x[:SENSITIVITY_IMAGES]
         sens_rows += sensitivity(cal.fp32, set(excluded), refined, x_s, torch_logits(cal.model, x_s), cfg.threads,
                                  lambda i, n: tick("ranking layers", i, n))
         extra: list[str] = []
@@ -438,11 +434,11 @@ def make_record(cfg: QuantizeConfig, cal: Calibration, refined: Refined, chosen:
     return CalibrationRecord(
         method=cfg.method.value,
         percentile=cfg.percentile if cfg.method == Method.percentile else None,
-        num_images=len(cal.x_cal), batch=cfg.batch, seed=cfg.seed, img_size=pre.input_size, input=INPUT_NAME,
+        num_images=len(cal.images.x), batch=cfg.batch, seed=cfg.seed, img_size=pre.input_size, input=INPUT_NAME,
         # the images calibrated on, so later checks (the CPU engine choice) can hold them out
-        data=CalibrationData(folder=str(cfg.calib), fingerprint=fingerprint_files(cal.calib_paths, cfg.calib),
-                             files=len(cal.calib_paths), skipped_unreadable=cal.skipped,
-                             paths=sorted(str(p.relative_to(cfg.calib)) for p in cal.calib_paths)),
+        data=CalibrationData(folder=str(cfg.calib), fingerprint=fingerprint_files(cal.images.paths, cfg.calib),
+                             files=len(cal.images.paths), skipped_unreadable=cal.images.skipped,
+                             paths=sorted(str(p.relative_to(cfg.calib)) for p in cal.images.paths)),
         model={"fingerprint": info.fingerprint, "weights": info.source, "width": info.width,
                "num_classes": info.num_classes, "onnx": FP32_NAME, "preprocess": pre.to_dict(),
                "classes": info.classes},
@@ -501,11 +497,11 @@ def quantize(cfg: QuantizeConfig, progress: Callable[[str, int, int], None] | No
     implicit = strip_qdq(chosen.q, snap_weights=True)
     cache_names = implicit_cache_tensors(cal.fp32, plan_placement(cal.fp32, set(chosen.excluded)))
     record = make_record(cfg, cal, refined, chosen, cache_names)
-    result = QuantizeResult(out=cfg.out, files={}, method=cfg.method.value, num_images=len(cal.x_cal),
+    result = QuantizeResult(out=cfg.out, files={}, method=cfg.method.value, num_images=len(cal.images.x),
                             seconds=0.0, drift=chosen.drift, drift_set=chosen.drift_set,
                             measured_with=MEASURED_WITH, excluded=chosen.excluded,
                             sensitivity=chosen.sensitivity[:20], mixed_precision_steps=chosen.steps,
-                            skipped_images=cal.skipped, refinement=refined.summary(), gate=chosen.gate)
+                            skipped_images=cal.images.skipped, refinement=refined.summary(), gate=chosen.gate)
     files = write_outputs(cfg.out, cal.fp32_path, chosen.q, record, implicit,
                           calib_cache_text({n: refined.amax[n] for n in cache_names}, cfg.trt_version))
     result.seconds = round(time.time() - t0, 1)

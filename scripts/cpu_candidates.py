@@ -21,8 +21,9 @@ from ghostedge.build import BuildConfig, Precision
 from ghostedge.build_cpu import Candidate, Variant, _judge, build_engine, check_images
 from ghostedge.cpu import host_cpu
 from ghostedge.estimate import qdq_logits
-from ghostedge.export import read_onnx_info
-from ghostedge.quantize import load_record, ort_logits
+from ghostedge.card import read_onnx_card
+from ghostedge.quantize import ort_logits
+from ghostedge.record import CalibrationRecord
 
 VARIANTS = [Variant("onnxruntime-u8s8", "onnxruntime", "qoperator"),
             Variant("onnxruntime-u8u8", "onnxruntime", "qoperator", uint8_weights=True),
@@ -40,8 +41,8 @@ def main() -> None:
     a = ap.parse_args()
     print("CPU:", host_cpu().describe())
     cfg = BuildConfig(engines=a.engines, precision=Precision.int8, calib=a.calib)
-    rec = load_record(a.engines / "ghostnet.calib.json")
-    info = read_onnx_info(a.engines / "ghostnet.onnx")
+    rec = CalibrationRecord.read(a.engines / "ghostnet.calib.json")
+    info = read_onnx_card(a.engines / "ghostnet.onnx")
     size = info.input.input_size
     x, images = check_images(cfg, rec, info, size)
     x = x[:a.images]

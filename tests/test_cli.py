@@ -87,6 +87,21 @@ def test_usage_errors_exit_2():
         assert r.returncode == 2 and word in r.stderr and "Traceback" not in r.stderr, (flag, r.stderr)
 
 
+def test_pipeline_takes_quantizes_modes_and_offers_every_mode_as_a_choice():
+    r = ge("pipeline", "--help")
+    assert r.returncode == 0, r.stderr
+    for flag, shown in (("--ranges", "<auto|fixed>"), ("--rounding", "<gptq|nearest>"), ("--target", "orin-nano"),
+                        ("--method", "<entropy|minmax|percentile|mse>"), ("--backend", "<auto|tensorrt|")):
+        assert flag in r.stdout and shown in r.stdout, flag
+    for cmd, flag, value, word in (("pipeline", "--rounding", "adaround", "gptq or nearest"),
+                                   ("pipeline", "--method", "best", "entropy, minmax, percentile or mse"),
+                                   ("bench", "--baseline", "onnx", "torch or none"),
+                                   ("build", "--frontend", "tflite", "onnx or torch-tensorrt"),
+                                   ("train", "--schedule", "linear", "cosine, step or constant")):
+        r = ge(cmd, *(["x.onnx"] if cmd == "bench" else ["."] if cmd == "train" else []), flag, value)
+        assert r.returncode == 2 and word in r.stderr and "Traceback" not in r.stderr, (cmd, flag, r.stderr)
+
+
 def test_export_writes_onnx_and_reports_parity(tmp_path: Path, tiny_weights: Path, image_folder: Path):
     dst = tmp_path / "g.onnx"
     r = ge("export", "--weights", str(tiny_weights), "--out", str(dst), "--real", str(image_folder), "--json")

@@ -125,6 +125,47 @@ def test_record_and_cache_are_consistent(engines_dir: Path):
     assert struct.unpack(">f", bytes.fromhex(line.split(": ")[1]))[0] == pytest.approx(scales["input"])
 
 
+def test_record_reads_back_what_it_wrote_and_older_records(engines_dir: Path, tmp_path: Path):
+    from ghostedge.record import CalibrationRecord
+
+    raw = json.loads((engines_dir / RECORD_NAME).read_text())
+    rec = CalibrationRecord.read(engines_dir / RECORD_NAME)
+    assert rec.to_dict() == raw       # the typed record is the file, key for key
+    assert rec.data.paths and rec.model_fingerprint == raw["model"]["fingerprint"]
+    assert rec.tensors["input"].amax == raw["tensors"]["input"]["amax"]
+    rec.write(tmp_path / "again.json")
+    assert json.loads((tmp_path / "again.json").read_text()) == raw
+    # a record from before the file list, the implicit-INT8 and refinement sections and the amax per tensor
+    old = {k: v for k, v in raw.items() if k not in ("implicit_int8", "refinement", "tools", "quantization")}
+    old["data"] = {k: v for k, v in raw["data"].items() if k != "paths"}
+    old["tensors"] = {k: {"min": v["min"], "max": v["max"]} for k, v in raw["tensors"].items()}
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    o = CalibrationRecord.read(tmp_path / "old.json")
+    assert o.data.paths is None and o.implicit_int8 is None and o.excluded_nodes == raw["excluded_nodes"]
+    t = raw["tensors"]["input"]
+    assert o.tensors["input"].amax == max(abs(t["min"]), abs(t["max"]))
+    (tmp_path / "bad.json").write_text(json.dumps({"format": "something else", "tensors": {}}))
+    with pytest.raises(GhostedgeError, match="not a ghostedge calibration record"):
+        CalibrationRecord.read(tmp_path / "bad.json")
+
+
+def test_setting_errors_name_the_setting_and_the_cli_names_its_flag(tmp_path: Path, image_folder: Path):
+    from ghostedge.cli import flag_for
+    from ghostedge.errors import SettingError
+    from ghostedge.pipeline import PipelineSettings, pipeline
+
+    with pytest.raises(SettingError) as e:
+        quantize(QuantizeConfig(calib=image_folder, out=tmp_path / "q", batch=0))
+    assert e.value.setting == "batch" and "--" not in str(e.value) and str(e.value) == "batch must be at least 1"
+    assert e.value.render(flag_for) == "--batch must be at least 1"
+    assert e.value.renamed({"batch": "calib_batch"}).render(flag_for) == "--calib-batch must be at least 1"
+    with pytest.raises(SettingError) as e:
+        pipeline(PipelineSettings(calib=image_folder, engines=tmp_path / "p", max_drop=1.0))
+    assert e.value.setting == "max_drop" and "--" not in str(e.value)
+    assert e.value.render(flag_for).startswith("--max-drop needs --eval")
+    assert not (tmp_path / "q").exists() and not (tmp_path / "p").exists()
+
+
 def test_trt_version_stamp():
     assert trt_version_int("8.6.1") == 8601
     assert trt_version_int("8.5.2") == 8502
