@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import torch
 
 from .backends.torch import torch_logits
 from .data import labelled_set, load_images, normalize

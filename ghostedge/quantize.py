@@ -439,9 +439,7 @@ def make_record(cfg: QuantizeConfig, cal: Calibration, refined: Refined, chosen:
         data=CalibrationData(folder=str(cfg.calib), fingerprint=fingerprint_files(cal.images.paths, cfg.calib),
                              files=len(cal.images.paths), skipped_unreadable=cal.images.skipped,
                              paths=sorted(str(p.relative_to(cfg.calib)) for p in cal.images.paths)),
-        model={"fingerprint": info.fingerprint, "weights": info.source, "width": info.width,
-               "num_classes": info.num_classes, "onnx": FP32_NAME, "preprocess": pre.to_dict(),
-               "classes": info.classes},
+        model={**info.to_dict(), "onnx": FP32_NAME},     # the model card, and the FP32 graph calibrated
         tools=tool_versions(),
         excluded_nodes=chosen.excluded,
         cache_trt_version=cfg.trt_version,

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .card import ModelCard
 from .errors import GhostedgeError, write_text_atomic
 
 RECORD_FORMAT = "ghostedge-calib/1"
@@ -94,6 +95,11 @@ class CalibrationRecord:
     @property
     def model_fingerprint(self) -> str | None:
         return self.model.get("fingerprint")
+
+    @property
+    def card(self) -> ModelCard | None:
+        """The model card calibrated (older records carry a subset of its fields)."""
+        return ModelCard.from_dict(self.model) if self.model else None
 
     def amax(self) -> dict[str, float]:
         return {k: t.amax for k, t in self.tensors.items()}
