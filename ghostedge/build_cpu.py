@@ -37,10 +37,12 @@ import os
 import shutil
 import tempfile
 import time
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import onnx
@@ -244,23 +246,35 @@ def cpu_qdq_variant(qdq: onnx.ModelProto, record: CalibrationRecord, fp32: onnx.
     return insert_qdq(base, pl, amax, unsigned=nonneg, weight_amax=grid)
 
 
-_REFINED: dict[tuple, object] = {}
+#: weights refined per (record, bits), shared by the engines of one build and dropped when it ends
+_REFINED: ContextVar[dict | None] = ContextVar("ghostedge_refined_weights", default=None)
+
+
+@contextmanager
+def refinement_cache() -> Iterator[None]:
+    """Within the block, refined_for_bits computes each (record, bits) once; the cache goes with the block."""
+    token = _REFINED.set({})
+    try:
+        yield
+    finally:
+        _REFINED.reset(token)
 
 
 def refined_for_bits(cfg, record: CalibrationRecord, bits: int):  # noqa: ANN001,ANN201 (BuildConfig -> refine.Refined)
     """The calibration's weights rounded for a ``bits``-bit grid by quantize's own refinement (GPTQ rounding,
     bias correction) on the calibration images, from the FP32 ONNX: 7-bit weights rounded to nearest lose
     points of agreement that the same refinement as the 8-bit grid's mostly wins back. Computed once per
-    record and process; without the calibration images, plain rounding (``refine.Refined`` without weights)."""
+    record within a ``refinement_cache`` block (one build); without the calibration images, plain rounding (``refine.Refined`` without weights)."""
     from .data import load_images, normalize
     from .card import read_onnx_card
     from .manifest import file_sha256
     from .qdq import plan_placement
     from .refine import RefineConfig, Refined, refine
 
+    cache = _REFINED.get()
     key = (file_sha256(cfg.engines / RECORD_NAME), bits)
-    if key in _REFINED:
-        return _REFINED[key]
+    if cache is not None and key in cache:
+        return cache[key]
     fp32 = onnx.load(str(cfg.engines / FP32_NAME))
     amax = record.amax()
     rc = RefineConfig(weight_qmax=float(2 ** (bits - 1)))
@@ -273,7 +287,8 @@ def refined_for_bits(cfg, record: CalibrationRecord, bits: int):  # noqa: ANN001
         u8, _, _ = load_images(paths, info.input, what=f"calibration images in {folder}")
         pl = plan_placement(fp32, set(record.excluded_nodes), concat_groups=False)
         out = refine(fp32, pl, {}, amax, normalize(u8, info.input), rc)
-    _REFINED[key] = out
+    if cache is not None:
+        cache[key] = out
     return out
 
 
@@ -479,6 +494,11 @@ def _shortfall_reason(cpu: CpuInt8) -> str:
 def choose_cpu_engine(cfg, say: Callable[[str], None], threads: int = 0,  # noqa: ANN001
                       cpu: CpuInt8 | None = None) -> BuildResult:
     """Build every CPU candidate, time and check each here, keep the fastest faithful one."""
+    with refinement_cache():
+        return _choose_cpu_engine(cfg, say, threads, cpu)
+
+
+def _choose_cpu_engine(cfg, say: Callable[[str], None], threads: int, cpu: CpuInt8 | None) -> BuildResult:  # noqa: ANN001
     from .estimate import qdq_logits
     from .card import card_for_onnx
     from .quantize import ort_logits
@@ -607,6 +627,11 @@ def _write_cpu_manifest(cfg, variant: Variant, record: CalibrationRecord | None,
 
 def build_cpu(cfg, backend: str, say: Callable[[str], None], cpu: CpuInt8 | None = None) -> BuildResult:  # noqa: ANN001
     """One CPU engine of a forced backend (no selection); on a CPU without VNNI, one that cannot saturate."""
+    with refinement_cache():
+        return _build_cpu(cfg, backend, say, cpu)
+
+
+def _build_cpu(cfg, backend: str, say: Callable[[str], None], cpu: CpuInt8 | None) -> BuildResult:  # noqa: ANN001
     from .card import card_for_onnx
 
     t0 = time.time()

@@ -71,8 +71,6 @@ def collect_stats(model: onnx.ModelProto, batches: Callable[[], Iterable[np.ndar
         if on_batch:
             on_batch(len(xb))
     stats = {n: TensorStats(lo[n], hi[n]) for n in keep}
-    if input_name in lo:
-        stats[input_name] = TensorStats(lo[input_name], hi[input_name])
     if not histograms:
         return stats
     for n in stats:

@@ -94,11 +94,6 @@ def load_image(path: str | Path, pre: InputSpec, size: int | None = None) -> np.
     return np.asarray(resize_crop(open_rgb(path), pre, size), dtype=np.uint8)
 
 
-def preprocess_file(path: str | Path, pre: InputSpec, size: int | None = None) -> np.ndarray:
-    """One image as a (1, 3, S, S) float32 model input."""
-    return normalize(load_image(path, pre, size)[None], pre)
-
-
 @dataclass
 class LoadReport:
     ok: int = 0

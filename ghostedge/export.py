@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import io
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,8 +37,6 @@ class ExportResult:
     parity_random: float                 # max |logit diff| vs PyTorch on random inputs
     parity_real: float | None = None     # ... on real images, where given
     nodes: int = 0
-    reused: bool = False
-    notes: list[str] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:

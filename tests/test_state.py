@@ -75,3 +75,22 @@ def test_distill_and_evaluate_leave_threads_and_rng_alone(tmp_path: Path, tiny_w
     (tmp_path / "calib" / "distilled_0000.png").rename(tmp_path / "val" / "n01440764" / "a.png")
     evaluate(EvalConfig(data=tmp_path / "val", weights=tiny_weights, threads=want))
     assert torch.get_num_threads() == threads
+
+
+def test_refined_weights_are_cached_within_one_build_only(engines_dir: Path, image_folder: Path, monkeypatch):
+    import ghostedge.refine as refine_mod
+    from ghostedge.build_common import BuildConfig
+    from ghostedge.build_cpu import _REFINED, refined_for_bits, refinement_cache
+    from ghostedge.record import CalibrationRecord
+
+    calls = []
+    real = refine_mod.refine
+    monkeypatch.setattr(refine_mod, "refine", lambda *a, **k: calls.append(1) or real(*a, **k))
+    rec = CalibrationRecord.read(engines_dir / "ghostnet.calib.json")
+    cfg = BuildConfig(engines=engines_dir, calib=image_folder)
+    with refinement_cache():
+        a = refined_for_bits(cfg, rec, 7)
+        assert refined_for_bits(cfg, rec, 7) is a and len(calls) == 1
+    assert _REFINED.get() is None                      # the cache went with the build
+    b = refined_for_bits(cfg, rec, 7)                  # outside a build: computed, not kept
+    assert b is not a and len(calls) == 2 and _REFINED.get() is None

@@ -35,7 +35,6 @@ class TrtBuildReport:
     strongly_typed: bool
     flags: list[str] = field(default_factory=list)
     dla_fallback_layers: list[str] = field(default_factory=list)
-    parser_warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
     num_dla_cores: int | None = None
     timing_cache: str | None = None          # "loaded" | "new" | "rejected: ..." | None
