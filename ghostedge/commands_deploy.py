@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -45,16 +45,16 @@ def deepstream(
     out_dir: Annotated[Path, typer.Option("--out", help="folder for the nvinfer config, labels and model")] = Path(
         "deploy/deepstream"),
     mode: Annotated[str, typer.Option(help="primary (whole frames) | secondary (objects of a detector)")] = "primary",
-    batch: Annotated[Optional[int], typer.Option(help="batch-size (default 1 primary, 16 secondary)")] = None,
+    batch: Annotated[int | None, typer.Option(help="batch-size (default 1 primary, 16 secondary)")] = None,
     threshold: Annotated[float, typer.Option(help="classifier-threshold: the top class's softmax probability")] = 0.5,
-    gie_id: Annotated[Optional[int], typer.Option(help="gie-unique-id (default 1 primary, 2 secondary)")] = None,
+    gie_id: Annotated[int | None, typer.Option(help="gie-unique-id (default 1 primary, 2 secondary)")] = None,
     operate_on_gie_id: Annotated[int, typer.Option(help="secondary: the detector's gie-unique-id")] = 1,
     operate_on_class_ids: Annotated[str, typer.Option(help="secondary: the detector's classes to classify, "
                                                            "e.g. '0;2' (default all)")] = "",
     fp16: Annotated[bool, typer.Option("--fp16", help="build an FP32 ONNX as FP16 (network-mode=2)")] = False,
-    frame: Annotated[Optional[str], typer.Option(help="primary: frame size WIDTHxHEIGHT, to print the crop that "
+    frame: Annotated[str | None, typer.Option(help="primary: frame size WIDTHxHEIGHT, to print the crop that "
                                                       "reproduces the model card's center crop")] = None,
-    tensorrt_version: Annotated[Optional[str], typer.Option(
+    tensorrt_version: Annotated[str | None, typer.Option(
         "--tensorrt-version", help="restamp the calibration cache for the TensorRT DeepStream runs on (e.g. 10.3.0)")
     ] = None,
     gpu_id: Annotated[int, typer.Option(help="gpu-id")] = 0,
@@ -86,7 +86,7 @@ def triton(
     engine: EngineArg,
     out_dir: Annotated[Path, typer.Option("--out", help="the Triton model repository")] = Path("deploy/triton"),
     name: Annotated[str, typer.Option(help="the model's name (its folder in the repository)")] = "ghostnet",
-    max_batch: Annotated[Optional[int], typer.Option(
+    max_batch: Annotated[int | None, typer.Option(
         help="max_batch_size (default: the engine's build profile max; 32 where none is recorded)")] = None,
     instances: Annotated[int, typer.Option(help="instance_group count")] = 1,
     json_out: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,

@@ -131,11 +131,11 @@ def nvinfer_normalisation(pre: Preprocess, uint8_input: bool = False) -> Normali
 def card_crop(frame: tuple[int, int], pre: Preprocess) -> tuple[int, int, int]:
     """The card's center crop in frame pixels: (left, top, side) of the square that resize+crop keeps."""
     w, h = frame
-    side = int(round(min(w, h) * pre.input_size / pre.resize))
+    side = round(min(w, h) * pre.input_size / pre.resize)
     return (w - side) // 2, (h - side) // 2, side
 
 
-def deepstream_onnx(info: EngineInfo, norm: Normalisation):  # noqa: ANN201  (-> onnx.ModelProto)
+def deepstream_onnx(info: EngineInfo, norm: Normalisation):
     """The ONNX nvinfer builds: the engine's graph, taking nvinfer's float input, ending in a Softmax."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -157,7 +157,7 @@ def deepstream_onnx(info: EngineInfo, norm: Normalisation):  # noqa: ANN201  (->
                                  "uint8-input engine (ghostedge build --input uint8) or the float one")
         # nvinfer feeds float 0..255 (scale 1, offsets 0): the graph's Cast uint8 -> float becomes the input
         casts = [n for n in g.node if inp.name in n.input]
-        to = lambda n: next((helper.get_attribute_value(a) for a in n.attribute if a.name == "to"), None)  # noqa: E731
+        to = lambda n: next((helper.get_attribute_value(a) for a in n.attribute if a.name == "to"), None)
         if not casts or any(n.op_type != "Cast" or to(n) != TensorProto.FLOAT for n in casts):
             raise GhostedgeError(f"{src}: its uint8 input is not only read by a Cast to float; nvinfer feeds float, "
                                  "so deploy the float-input engine instead")
@@ -203,10 +203,10 @@ def _config_lines(info: EngineInfo, s: DeepStreamSettings, norm: Normalisation, 
     size = pre.input_size
     primary = s.mode == Mode.primary
     gie = s.gie_id or (1 if primary else 2)
-    f = lambda v: f"{v:.10g}"  # noqa: E731
+    f = lambda v: f"{v:.10g}"
     lines = [
-        f"# Gst-nvinfer config written by ghostedge {__version__} from {info.path.name} ({info.kind.value}, "
-        f"{info.precision}); keys: {DOCS}",
+        (f"# Gst-nvinfer config written by ghostedge {__version__} from {info.path.name} ({info.kind.value}, "
+         f"{info.precision}); keys: {DOCS}"),
         *(f"# {n}" for n in notes),
         "[property]",
         f"gpu-id={s.gpu_id}",

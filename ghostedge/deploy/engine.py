@@ -11,10 +11,10 @@ import contextlib
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Iterator
 
 from ..errors import GhostedgeError
 from ..manifest import read_manifest
@@ -111,7 +111,7 @@ def _card(path: Path, man: dict | None, from_onnx: ModelInfo | None = None) -> M
                          f"{path.name}.json): deploy engines that ghostedge quantize / build wrote")
 
 
-def _onnx_tensors(values, batch: int | None = None, hw: int | None = None) -> list[Tensor]:  # noqa: ANN001
+def _onnx_tensors(values, batch: int | None = None, hw: int | None = None) -> list[Tensor]:
     """Graph inputs/outputs; ``batch``/``hw`` replace dynamic batch / spatial dims (a TensorRT profile)."""
     import onnx
 
@@ -129,7 +129,7 @@ def _onnx_tensors(values, batch: int | None = None, hw: int | None = None) -> li
     return out
 
 
-def _load_onnx(path: Path):  # noqa: ANN202
+def _load_onnx(path: Path):
     import onnx
 
     try:
@@ -210,7 +210,7 @@ def _openvino(path: Path) -> EngineInfo:
         raise GhostedgeError(f"{path} is not a readable OpenVINO model ({e}): rebuild it with ghostedge build "
                              "--backend openvino") from None
 
-    def ports(ps) -> list[Tensor]:  # noqa: ANN001
+    def ports(ps) -> list[Tensor]:
         return [Tensor(p.get_any_name(), p.get_element_type().to_dtype().name,
                        tuple(-1 if d.is_dynamic else d.get_length() for d in p.get_partial_shape())) for p in ps]
 
