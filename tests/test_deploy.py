@@ -122,7 +122,7 @@ def _assert_normalises_like_the_card(cfg: dict[str, str], model: Path, pre: Prep
         hwc = load_image(p, pre)            # the card's resize + center crop (the geometry is not nvinfer's)
         want = normalize(hwc[None], pre)
         got = _nvinfer_tensor(cfg, hwc, scale)
-        assert np.abs(got - want).max() <= 1e-3
+        assert np.abs(got - want).max() <= 1e-5     # the goal is 1e-3; with the ONNX's channel scale it is exact
 
 
 @pytest.mark.parametrize("name", ["ghostnet.int8.onnx", "ghostnet.implicit.onnx", "ghostnet.onnx", "ghostnet.plan"])

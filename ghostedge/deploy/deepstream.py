@@ -135,10 +135,9 @@ def card_crop(frame: tuple[int, int], pre: Preprocess) -> tuple[int, int, int]:
     return (w - side) // 2, (h - side) // 2, side
 
 
-def deepstream_onnx(info: EngineInfo, norm: Normalisation):
-    """The ONNX nvinfer builds: the engine's graph, taking nvinfer's float input, ending in a Softmax."""
+def load_source(info: EngineInfo):  # noqa: ANN201  (-> onnx.ModelProto)
+    """The ONNX nvinfer builds from: the ONNX itself, or the one a plan was built from before ghostedge build."""
     import onnx
-    from onnx import TensorProto, helper, numpy_helper
 
     src = info.source_onnx or info.onnx_path
     try:
@@ -150,18 +149,36 @@ def deepstream_onnx(info: EngineInfo, norm: Normalisation):
     if len(g.input) != 1 or len(g.output) != 1:
         raise GhostedgeError(f"{src}: nvinfer's classifier path needs one input and one output; this graph has "
                              f"{len(g.input)} and {len(g.output)}")
+    return model
+
+
+def takes_uint8(model) -> bool:  # noqa: ANN001
+    return model.graph.input[0].type.tensor_type.elem_type == 2   # TensorProto.UINT8
+
+
+def deepstream_onnx(model, norm: Normalisation):  # noqa: ANN001,ANN201  (onnx.ModelProto -> onnx.ModelProto)
+    """The ONNX nvinfer builds: ``model`` taking nvinfer's float input, ending in a Softmax."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    g = model.graph
     inp = g.input[0]
-    if inp.type.tensor_type.elem_type == TensorProto.UINT8:
-        if info.nhwc:
-            raise GhostedgeError(f"{src} takes NHWC uint8: nvinfer feeds planar (NCHW) float; deploy the NCHW "
+    if takes_uint8(model):
+        dims = [d.dim_value for d in inp.type.tensor_type.shape.dim]
+        if len(dims) == 4 and dims[-1] == 3 and dims[1] != 3:
+            raise GhostedgeError("this engine takes NHWC uint8: nvinfer feeds planar (NCHW) float; deploy the NCHW "
                                  "uint8-input engine (ghostedge build --input uint8) or the float one")
-        # nvinfer feeds float 0..255 (scale 1, offsets 0): the graph's Cast uint8 -> float becomes the input
+        # nvinfer feeds float 0..255 (scale 1, offsets 0): a Cast uint8 -> float32 goes, a Cast to float16 (an
+        # FP16-typed graph) stays and casts float32 -> float16 instead (exact for 0..255)
+        to = lambda n: next((helper.get_attribute_value(a) for a in n.attribute if a.name == "to"), None)  # noqa: E731
         casts = [n for n in g.node if inp.name in n.input]
-        to = lambda n: next((helper.get_attribute_value(a) for a in n.attribute if a.name == "to"), None)
-        if not casts or any(n.op_type != "Cast" or to(n) != TensorProto.FLOAT for n in casts):
-            raise GhostedgeError(f"{src}: its uint8 input is not only read by a Cast to float; nvinfer feeds float, "
-                                 "so deploy the float-input engine instead")
+        if not casts or any(n.op_type != "Cast" or to(n) not in (TensorProto.FLOAT, TensorProto.FLOAT16)
+                            for n in casts):
+            raise GhostedgeError("this engine's uint8 input is not only read by a Cast to float: nvinfer feeds "
+                                 "float, so deploy the float-input engine instead")
         for c in casts:
+            if to(c) != TensorProto.FLOAT:
+                continue
             for n in g.node:
                 n.input[:] = [inp.name if i == c.output[0] else i for i in n.input]
             g.node.remove(c)
@@ -265,7 +282,8 @@ def deploy_deepstream(engine: str | Path, s: DeepStreamSettings) -> DeepStreamRe
         precision = "fp16"
     mode = NETWORK_MODE[precision]
     batch = s.batch or (1 if s.mode == Mode.primary else 16)
-    norm = nvinfer_normalisation(info.pre, info.uint8_input)
+    source = load_source(info)
+    norm = nvinfer_normalisation(info.pre, takes_uint8(source))
     pre = info.pre
     notes = [f"normalisation: {norm.how}"]
     geom = (f"geometry: the card resizes the short side to {pre.resize} and center-crops {pre.input_size}x"
@@ -305,7 +323,7 @@ def deploy_deepstream(engine: str | Path, s: DeepStreamSettings) -> DeepStreamRe
     if info.kind == EngineKind.tensorrt:
         notes.append(f"{info.path.name} ends in logits; nvinfer builds its engine from {Path(info.source_onnx).name} "
                      "+ Softmax (model.onnx) on the first run, with the same precision")
-    onnx_model = deepstream_onnx(info, norm)
+    onnx_model = deepstream_onnx(source, norm)
     names = labels(info.card)
     if any(";" in n or "\n" in n for n in names):
         names = [n.replace(";", ",").replace("\n", " ") for n in names]
