@@ -136,4 +136,7 @@ def _print_json(obj: object) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
 
 
-from . import commands, commands_deploy  # noqa: E402,F401  (registers the commands on `app`)
+from . import commands  # noqa: E402,F401  (registers the commands on `app`)
+from .commands_deploy import deploy_app  # noqa: E402
+
+app.add_typer(deploy_app, name="deploy")

@@ -1,18 +1,30 @@
-"""``ghostedge deploy``: the configuration DeepStream and Triton need for an engine (options -> settings -> call)."""
+"""``ghostedge deploy``: the configuration DeepStream and Triton need for an engine (options -> settings -> call).
+
+A sub-app of its own (``cli`` adds it), importing nothing from ``cli``: errors are GhostedgeErrors, which
+``cli.run`` prints on one line.
+"""
 
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Console
 
-from .cli import _print_json, app, err, out
 from .errors import GhostedgeError
 
 deploy_app = typer.Typer(no_args_is_help=True, help="Configuration for DeepStream (nvinfer) and Triton Inference "
                                                     "Server from an engine.")
-app.add_typer(deploy_app, name="deploy")
+out = Console()
+err = Console(stderr=True)
+
+
+def _print_json(obj: object) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+
 
 EngineArg = Annotated[Path, typer.Argument(help="engine: .plan, the TensorRT ONNX (engines/ghostnet.int8.onnx), the "
                                                 "ONNX Runtime engine (.ort.onnx) or OpenVINO (.xml)")]

@@ -21,7 +21,7 @@ read against DeepStream's own sources where the table is terse:
   cache: implicit INT8 takes its scales from it; for the Q/DQ ONNX TensorRT takes the scales from the graph
   and ignores the cache, which only makes nvinfer set TensorRT's INT8 flag.
 - nvinfer builds the engine from ``onnx-file`` on the first run and saves it as
-  ``<onnx-file>_b<batch-size>_gpu<gpu-id>_<fp32|int8|fp16>.engine``; ``model-engine-file`` names that file, so
+  ``<onnx-file>_b<batch-size>_<gpu<gpu-id>|dla<core>>_<fp32|int8|fp16>.engine``; ``model-engine-file`` names that file, so
   later runs load it. (A ghostedge ``.plan`` ends in logits, so it is not used directly: its source ONNX is.)
 """
 
@@ -135,7 +135,7 @@ def card_crop(frame: tuple[int, int], pre: Preprocess) -> tuple[int, int, int]:
     return (w - side) // 2, (h - side) // 2, side
 
 
-def load_source(info: EngineInfo):  # noqa: ANN201  (-> onnx.ModelProto)
+def load_source(info: EngineInfo):
     """The ONNX nvinfer builds from: the ONNX itself, or the one a plan was built from before ghostedge build."""
     import onnx
 
@@ -152,11 +152,11 @@ def load_source(info: EngineInfo):  # noqa: ANN201  (-> onnx.ModelProto)
     return model
 
 
-def takes_uint8(model) -> bool:  # noqa: ANN001
+def takes_uint8(model) -> bool:
     return model.graph.input[0].type.tensor_type.elem_type == 2   # TensorProto.UINT8
 
 
-def deepstream_onnx(model, norm: Normalisation):  # noqa: ANN001,ANN201  (onnx.ModelProto -> onnx.ModelProto)
+def deepstream_onnx(model, norm: Normalisation):
     """The ONNX nvinfer builds: ``model`` taking nvinfer's float input, ending in a Softmax."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -170,7 +170,7 @@ def deepstream_onnx(model, norm: Normalisation):  # noqa: ANN001,ANN201  (onnx.M
                                  "uint8-input engine (ghostedge build --input uint8) or the float one")
         # nvinfer feeds float 0..255 (scale 1, offsets 0): a Cast uint8 -> float32 goes, a Cast to float16 (an
         # FP16-typed graph) stays and casts float32 -> float16 instead (exact for 0..255)
-        to = lambda n: next((helper.get_attribute_value(a) for a in n.attribute if a.name == "to"), None)  # noqa: E731
+        to = lambda n: next((helper.get_attribute_value(a) for a in n.attribute if a.name == "to"), None)
         casts = [n for n in g.node if inp.name in n.input]
         if not casts or any(n.op_type != "Cast" or to(n) not in (TensorProto.FLOAT, TensorProto.FLOAT16)
                             for n in casts):
@@ -221,6 +221,7 @@ def _config_lines(info: EngineInfo, s: DeepStreamSettings, norm: Normalisation, 
     primary = s.mode == Mode.primary
     gie = s.gie_id or (1 if primary else 2)
     f = lambda v: f"{v:.10g}"
+    device = f"dla{info.dla_core}" if info.dla_core is not None else f"gpu{s.gpu_id}"   # nvinfer's engine file name
     lines = [
         (f"# Gst-nvinfer config written by ghostedge {__version__} from {info.path.name} ({info.kind.value}, "
          f"{info.precision}); keys: {DOCS}"),
@@ -228,7 +229,7 @@ def _config_lines(info: EngineInfo, s: DeepStreamSettings, norm: Normalisation, 
         "[property]",
         f"gpu-id={s.gpu_id}",
         "onnx-file=model.onnx",
-        f"model-engine-file=model.onnx_b{batch}_gpu{s.gpu_id}_{ENGINE_MODE_NAME[mode]}.engine",
+        f"model-engine-file=model.onnx_b{batch}_{device}_{ENGINE_MODE_NAME[mode]}.engine",
     ]
     if cache:
         lines.append(f"int8-calib-file={cache}")

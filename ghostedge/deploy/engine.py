@@ -72,11 +72,6 @@ class EngineInfo:
         """The engine takes uint8 pixels and normalises inside (``build --input uint8``)."""
         return self.input.dtype == "uint8"
 
-    @property
-    def nhwc(self) -> bool:
-        s = self.input.shape
-        return len(s) == 4 and s[-1] == 3 and s[1] != 3
-
 
 def labels(card: ModelInfo) -> list[str]:
     """Class names in output order: the card's names, else its wnids, else the indices."""
