@@ -188,11 +188,10 @@ def test_deepstream_normalisation_on_the_reference_and_byo_cards(engines: Path, 
         assert float(cfg["net-scale-factor"]) == pytest.approx(1 / 127.5) and cfg["offsets"] == "127.5;127.5;127.5"
 
 
-def test_deepstream_uint8_input_engine_passes_pixels_through(engines: Path, image_folder: Path, tmp_path: Path):
-    """An engine that normalises inside (build --input uint8: Cast + Sub/Mul) gets scale 1, offsets 0."""
+def _uint8_onnx(src: Path, dst: Path) -> Path:
+    """``src`` with the uint8 prelude ``build --input uint8`` puts in front (Cast, Sub 255*mean, Mul 1/(255 std))."""
     from onnx import TensorProto, helper, numpy_helper
 
-    src = engines / "ghostnet.onnx"
     m = onnx.load(str(src))
     pre = read_onnx_info(m).preprocess
     g = m.graph
@@ -206,8 +205,17 @@ def test_deepstream_uint8_input_engine_passes_pixels_through(engines: Path, imag
                            helper.make_node("Mul", ["centred", "u8_inv_std"], ["normalised"])]):
         g.node.insert(i, n)
     g.input[0].type.tensor_type.elem_type = TensorProto.UINT8
-    u8 = tmp_path / "ghostnet.u8.onnx"
-    onnx.save_model(m, str(u8))
+    onnx.save_model(m, str(dst))
+    return dst
+
+
+def test_deepstream_uint8_input_engine_passes_pixels_through(engines: Path, image_folder: Path, tmp_path: Path):
+    """An engine that normalises inside (build --input uint8: Cast + Sub/Mul) gets scale 1, offsets 0."""
+    from onnx import TensorProto
+
+    src = engines / "ghostnet.onnx"
+    pre = read_onnx_info(src).preprocess
+    u8 = _uint8_onnx(src, tmp_path / "ghostnet.u8.onnx")
     r = deploy_deepstream(u8, DeepStreamSettings(out=tmp_path / "ds"))
     cfg = _read_config(r.config)
     assert float(cfg["net-scale-factor"]) == 1.0 and cfg["offsets"] == "0;0;0"
@@ -326,6 +334,14 @@ def test_triton_config_parses_against_tritons_schema_and_names_the_real_tensors(
     assert len(cfg.instance_group) == 1 and cfg.instance_group[0].count == 1
     want_kind = {"tensorrt": "KIND_GPU", "onnx": "KIND_AUTO"}.get(kind, "KIND_CPU")
     assert pb.ModelInstanceGroup.Kind.Name(cfg.instance_group[0].kind) == want_kind
+
+
+def test_triton_uint8_input_engine_is_type_uint8(engines: Path, tmp_path: Path):
+    u8 = _uint8_onnx(engines / "ghostnet.onnx", tmp_path / "ghostnet.u8.onnx")
+    r = deploy_triton(u8, TritonSettings(out=tmp_path / "repo"))
+    cfg, pb = _parse(r.config)
+    assert [(t.name, t.data_type, list(t.dims)) for t in cfg.input] == [("input", pb.TYPE_UINT8, [3, -1, -1])]
+    assert "(x/255 - mean)" not in r.config.read_text()      # the engine normalises: the client sends pixels
 
 
 def test_triton_static_batch_plan_has_full_dims_and_no_batching(engines: Path, tmp_path: Path):
