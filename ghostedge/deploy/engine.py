@@ -24,8 +24,6 @@ from ..model import ModelInfo, Preprocess
 ORT_ONLY_OPS = frozenset({"QLinearConv", "QLinearMatMul", "QLinearAdd", "QLinearMul", "QLinearConcat",
                           "QLinearGlobalAveragePool", "QLinearSigmoid", "QGemm", "ConvInteger", "MatMulInteger",
                           "DynamicQuantizeLinear"})
-PLAN_SUFFIXES = (".plan", ".engine")
-ENGINE_SUFFIXES = ".plan / .engine (TensorRT), .onnx (the TensorRT ONNX or ONNX Runtime engine), .xml (OpenVINO)"
 
 
 class EngineKind(str, Enum):
@@ -83,18 +81,20 @@ def labels(card: ModelInfo) -> list[str]:
 
 def describe_engine(path: str | Path) -> EngineInfo:
     """Read an engine's description; a GhostedgeError says what is missing and how to get it."""
+    from ..backends.registry import backend_for_path
+
     path = Path(path)
     if not path.is_file():
         raise GhostedgeError(f"engine {path} not found: build it with ghostedge build (or pass the ONNX that "
                              "ghostedge quantize wrote, e.g. engines/ghostnet.int8.onnx)")
-    suffix = path.suffix.lower()
-    if suffix in PLAN_SUFFIXES:
+    backend = backend_for_path(path)   # the registry decides the runtime; unknown suffixes name the known kinds
+    if backend.name == "tensorrt":
         return _plan(path)
-    if suffix == ".onnx":
+    if backend.name == "openvino":
+        return _openvino(path, backend.companions)
+    if backend.onnx_engine:   # ONNX Runtime's files: the TensorRT ONNX or ghostedge's QOperator CPU engine
         return _onnx(path)
-    if suffix == ".xml":
-        return _openvino(path)
-    raise GhostedgeError(f"{path}: unknown engine kind {path.suffix!r}: pass {ENGINE_SUFFIXES}")
+    raise GhostedgeError(f"{path}: a {backend.label} engine; deploy takes TensorRT plans, ONNX and OpenVINO engines")
 
 
 def _card(path: Path, man: dict | None, from_onnx: ModelInfo | None = None) -> ModelInfo:
@@ -190,12 +190,13 @@ def _plan(path: Path) -> EngineInfo:
                       b, src, cache, cache is not None, man, man.get("dla_core"), source)  # type: ignore[arg-type]
 
 
-def _openvino(path: Path) -> EngineInfo:
+def _openvino(path: Path, companions: tuple[str, ...] = (".bin",)) -> EngineInfo:
     from ..backends.openvino import import_openvino
 
-    if not path.with_suffix(".bin").is_file():
-        raise GhostedgeError(f"{path}: its weights {path.with_suffix('.bin').name} are not beside it: copy the .bin "
-                             "with the .xml (or rebuild with ghostedge build --backend openvino)")
+    for c in companions:
+        if not path.with_suffix(c).is_file():
+            raise GhostedgeError(f"{path}: its {path.with_suffix(c).name} is not beside it: copy it with the "
+                                 f"{path.suffix} (or rebuild with ghostedge build --backend openvino)")
     man = read_manifest(path, required=False)
     card = _card(path, man)
     ov = import_openvino()
