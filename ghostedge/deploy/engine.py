@@ -1,8 +1,9 @@
 """What an engine is, read from the files ghostedge wrote: kind, model card, real tensors, precision, profile.
 
-The tensors are the engine's own: an ONNX's graph inputs/outputs, an OpenVINO model's ports, and for a
-TensorRT plan the ONNX it was built from (TensorRT's ONNX parser names the engine's I/O tensors after the
-graph's) with the shapes of the build profile the manifest records. Nothing here needs TensorRT or a GPU.
+The kind comes from the backend registry. The tensors are the engine's own: a CPU engine's as its runner
+declares them (ONNX Runtime's session, OpenVINO's compiled model), the TensorRT ONNX's graph inputs/outputs,
+and for a TensorRT plan the ONNX it was built from (TensorRT's ONNX parser names the engine's I/O tensors after
+the graph's) with the shapes of the build profile the manifest records. Nothing here needs TensorRT or a GPU.
 """
 
 from __future__ import annotations
@@ -91,10 +92,27 @@ def describe_engine(path: str | Path) -> EngineInfo:
     if backend.name == "tensorrt":
         return _plan(path)
     if backend.name == "openvino":
-        return _openvino(path, backend.companions)
-    if backend.onnx_engine:   # ONNX Runtime's files: the TensorRT ONNX or ghostedge's QOperator CPU engine
-        return _onnx(path)
-    raise GhostedgeError(f"{path}: a {backend.label} engine; deploy takes TensorRT plans, ONNX and OpenVINO engines")
+        info = _openvino(path, backend.companions)
+    elif backend.onnx_engine:   # ONNX Runtime's files: the TensorRT ONNX or ghostedge's QOperator CPU engine
+        info = _onnx(path)
+    else:
+        raise GhostedgeError(f"{path}: a {backend.label} engine; deploy takes TensorRT plans, ONNX and OpenVINO "
+                             "engines")
+    if info.kind in (EngineKind.onnxruntime, EngineKind.openvino):   # a CPU engine runs here: ask its runner
+        info.inputs, info.outputs = _declared(backend, path)
+    return info
+
+
+def _declared(backend, path: Path) -> tuple[list[Tensor], list[Tensor]]:  # backend: a registry.Backend
+    """The tensors as the engine itself declares them (ONNX Runtime's session, OpenVINO's compiled model)."""
+    runner, _ = backend.open_runner(path, threads=1)
+
+    def conv(ts) -> list[Tensor]:  # ts: list[TensorInfo]; a symbolic dimension is dynamic
+        return [Tensor(t.name, t.dtype, tuple(d if isinstance(d, int) and d >= 0 else -1 for d in t.shape))
+                for t in ts]
+
+    with runner:
+        return conv(runner.inputs_info()), conv(runner.outputs_info())
 
 
 def _card(path: Path, man: dict | None, from_onnx: ModelInfo | None = None) -> ModelInfo:
