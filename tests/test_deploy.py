@@ -19,6 +19,7 @@ import onnx
 import pytest
 from typer.testing import CliRunner
 
+from ghostedge.card import InputSpec, ModelCard, read_onnx_card, write_onnx_card
 from ghostedge.cli import app
 from ghostedge.data import find_images, load_image, normalize
 from ghostedge.deploy.deepstream import (
@@ -31,8 +32,6 @@ from ghostedge.deploy.deepstream import (
 from ghostedge.deploy.engine import describe_engine
 from ghostedge.deploy.triton import TritonSettings, deploy_triton
 from ghostedge.errors import GhostedgeError
-from ghostedge.export import METADATA_KEY, onnx_metadata, ort_session, read_onnx_info
-from ghostedge.model import ModelInfo, Preprocess
 
 from .trt_fake import available_versions, make_fake_trt
 
@@ -116,7 +115,7 @@ def _check_config(cfg: dict[str, str], d: Path, size: int, mode: Mode) -> None:
         assert int(cfg["operate-on-gie-id"]) >= 1
 
 
-def _assert_normalises_like_the_card(cfg: dict[str, str], model: Path, pre: Preprocess, images: list[Path]) -> None:
+def _assert_normalises_like_the_card(cfg: dict[str, str], model: Path, pre: InputSpec, images: list[Path]) -> None:
     scale = _channel_scale(model)
     for p in images:
         hwc = load_image(p, pre)            # the card's resize + center crop (the geometry is not nvinfer's)
@@ -146,8 +145,8 @@ def test_deepstream_config_parses_and_reproduces_the_card(engines: Path, image_f
     m = onnx.load(str(r.model))
     assert [o.name for o in m.graph.output] == [cfg["output-blob-names"]]
     assert [i.name for i in m.graph.input] == [t.name for t in info.inputs]
-    ref = ort_session(info.source_onnx or src, threads=1)
-    dep = ort_session(r.model, threads=1)
+    ref = _session(info.source_onnx or src)
+    dep = _session(r.model)
     hwc = np.stack([load_image(p, info.pre) for p in images])
     logits = ref.run(None, {"input": normalize(hwc, info.pre)})[0]
     probs = dep.run(None, {"input": np.concatenate([_nvinfer_tensor(cfg, h, None) for h in hwc])})[0]
@@ -158,12 +157,18 @@ def test_deepstream_config_parses_and_reproduces_the_card(engines: Path, image_f
     assert (probs.argmax(1) == logits.argmax(1)).all()
 
 
-def _with_card(src: Path, card: ModelInfo, dst: Path) -> Path:
+def _session(path: Path):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def _with_card(src: Path, card: ModelCard, dst: Path) -> Path:
     """The tiny FP32 graph carrying another model's card (the config depends on the card only)."""
     m = onnx.load(str(src))
-    del m.metadata_props[:]
-    for k, v in onnx_metadata(card).items():
-        m.metadata_props.add(key=k, value=v)
+    write_onnx_card(m, card)
     onnx.save_model(m, str(dst))
     return dst
 
@@ -172,16 +177,16 @@ def _with_card(src: Path, card: ModelInfo, dst: Path) -> Path:
                          ids=["reference", "byo-050-192", "byo-130-96"])
 def test_deepstream_normalisation_on_the_reference_and_byo_cards(engines: Path, image_folder: Path, tmp_path: Path,
                                                                   weights: Path | None):
-    from ghostedge.model import load_model
+    from ghostedge.checkpoint import load_model
 
     _, card = load_model(weights)
     src = _with_card(engines / "ghostnet.onnx", card, tmp_path / "ghostnet.onnx")
     r = deploy_deepstream(src, DeepStreamSettings(out=tmp_path / "ds", mode=Mode.secondary))
     cfg = _read_config(r.config)
-    _check_config(cfg, r.out, card.preprocess.input_size, Mode.secondary)
-    assert cfg["scaling-filter"] == {"bilinear": "1", "bicubic": "2"}[card.preprocess.interpolation]
-    _assert_normalises_like_the_card(cfg, r.model, card.preprocess, find_images(image_folder)[:3])
-    uniform = len(set(card.preprocess.std)) == 1       # the 1.3x model: inception mean/std 0.5
+    _check_config(cfg, r.out, card.input.input_size, Mode.secondary)
+    assert cfg["scaling-filter"] == {"bilinear": "1", "bicubic": "2"}[card.input.interpolation]
+    _assert_normalises_like_the_card(cfg, r.model, card.input, find_images(image_folder)[:3])
+    uniform = len(set(card.input.std)) == 1       # the 1.3x model: inception mean/std 0.5
     assert (_channel_scale(r.model) is None) == uniform
     if uniform:   # one std: the config alone is exact, the graph is not touched before its first layer
         assert r.normalisation.max_error_config_only == 0.0
@@ -193,7 +198,7 @@ def _uint8_onnx(src: Path, dst: Path) -> Path:
     from onnx import TensorProto, helper, numpy_helper
 
     m = onnx.load(str(src))
-    pre = read_onnx_info(m).preprocess
+    pre = read_onnx_card(m).input
     g = m.graph
     for n in g.node:
         n.input[:] = ["normalised" if i == "input" else i for i in n.input]
@@ -214,7 +219,7 @@ def test_deepstream_uint8_input_engine_passes_pixels_through(engines: Path, imag
     from onnx import TensorProto
 
     src = engines / "ghostnet.onnx"
-    pre = read_onnx_info(src).preprocess
+    pre = read_onnx_card(src).input
     u8 = _uint8_onnx(src, tmp_path / "ghostnet.u8.onnx")
     r = deploy_deepstream(u8, DeepStreamSettings(out=tmp_path / "ds"))
     cfg = _read_config(r.config)
@@ -224,8 +229,8 @@ def test_deepstream_uint8_input_engine_passes_pixels_through(engines: Path, imag
     hwc = np.stack([load_image(p, pre) for p in find_images(image_folder)[:3]])
     x = np.concatenate([_nvinfer_tensor(cfg, h, None) for h in hwc])
     assert np.array_equal(x, hwc.transpose(0, 3, 1, 2).astype(np.float32))
-    logits = ort_session(src, threads=1).run(None, {"input": normalize(hwc, pre)})[0]
-    probs = ort_session(r.model, threads=1).run(None, {"input": x})[0]
+    logits = _session(src).run(None, {"input": normalize(hwc, pre)})[0]
+    probs = _session(r.model).run(None, {"input": x})[0]
     assert (probs.argmax(1) == logits.argmax(1)).all()
 
 
@@ -403,7 +408,6 @@ def test_deploy_errors_are_one_line_and_exit_2(engines: Path, tmp_path: Path):
         assert res.exit_code != 0, args
         assert isinstance(res.exception, GhostedgeError) and msg in str(res.exception), (args, res.exception)
     assert not (tmp_path / "o").exists()
-    assert METADATA_KEY == "ghostedge"
 
 
 def test_deploy_cli_writes_both(engines: Path, tmp_path: Path):

@@ -34,8 +34,8 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
+from ..card import InputSpec
 from ..errors import GhostedgeError
-from ..model import Preprocess
 from .engine import EngineInfo, EngineKind, atomic_dir, describe_engine, labels
 
 DOCS = "https://docs.nvidia.com/metropolis/deepstream/dev-guide/text/DS_plugin_gst-nvinfer.html"
@@ -98,7 +98,7 @@ class DeepStreamResult:
     notes: list[str] = field(default_factory=list)
 
 
-def nvinfer_normalisation(pre: Preprocess, uint8_input: bool = False) -> Normalisation:
+def nvinfer_normalisation(pre: InputSpec, uint8_input: bool = False) -> Normalisation:
     """The card's ``(x/255 - mean[c]) / std[c]`` as nvinfer's single scale and per-channel offsets.
 
     With one std for all channels that is exact: scale 1/(255 std), offsets 255 mean[c]. With per-channel
@@ -128,7 +128,7 @@ def nvinfer_normalisation(pre: Preprocess, uint8_input: bool = False) -> Normali
                          f"together exact; the config alone would be off by up to {err:.4f}")
 
 
-def card_crop(frame: tuple[int, int], pre: Preprocess) -> tuple[int, int, int]:
+def card_crop(frame: tuple[int, int], pre: InputSpec) -> tuple[int, int, int]:
     """The card's center crop in frame pixels: (left, top, side) of the square that resize+crop keeps."""
     w, h = frame
     side = round(min(w, h) * pre.input_size / pre.resize)

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
+from ..card import InputSpec, ModelCard, read_onnx_card
 from ..errors import GhostedgeError
 from ..manifest import read_manifest
-from ..model import ModelInfo, Preprocess
 
 #: ONNX ops only ONNX Runtime runs (ghostedge's QOperator CPU engine); TensorRT's parser has none of them
 ORT_ONLY_OPS = frozenset({"QLinearConv", "QLinearMatMul", "QLinearAdd", "QLinearMul", "QLinearConcat",
@@ -45,7 +45,7 @@ class Tensor:
 class EngineInfo:
     path: Path
     kind: EngineKind
-    card: ModelInfo
+    card: ModelCard
     inputs: list[Tensor]
     outputs: list[Tensor]
     precision: str                          # fp32 | fp16 | int8
@@ -62,9 +62,9 @@ class EngineInfo:
         return self.inputs[0]
 
     @property
-    def pre(self) -> Preprocess:
+    def pre(self) -> InputSpec:
         """The card's input description (resize, crop, mean/std)."""
-        return self.card.preprocess
+        return self.card.input
 
     @property
     def uint8_input(self) -> bool:
@@ -72,7 +72,7 @@ class EngineInfo:
         return self.input.dtype == "uint8"
 
 
-def labels(card: ModelInfo) -> list[str]:
+def labels(card: ModelCard) -> list[str]:
     """Class names in output order: the card's names, else its wnids, else the indices."""
     for names in (card.classes, card.wnids):
         if names and len(names) == card.num_classes:
@@ -115,11 +115,11 @@ def _declared(backend, path: Path) -> tuple[list[Tensor], list[Tensor]]:  # back
         return conv(runner.inputs_info()), conv(runner.outputs_info())
 
 
-def _card(path: Path, man: dict | None, from_onnx: ModelInfo | None = None) -> ModelInfo:
+def _card(path: Path, man: dict | None, from_onnx: ModelCard | None = None) -> ModelCard:
     if from_onnx is not None:
         return from_onnx
     if man and man.get("model"):
-        return ModelInfo.from_dict(man["model"])
+        return ModelCard.from_dict(man["model"])
     raise GhostedgeError(f"{path} carries no model card (no 'ghostedge' ONNX metadata, no model in a manifest "
                          f"{path.name}.json): deploy engines that ghostedge quantize / build wrote")
 
@@ -153,12 +153,11 @@ def _load_onnx(path: Path):
 
 
 def _onnx(path: Path) -> EngineInfo:
-    from ..export import read_onnx_info
     from ..quantize import CACHE_NAME
 
     model = _load_onnx(path)
     man = read_manifest(path, required=False)
-    card = _card(path, man, read_onnx_info(model))
+    card = _card(path, man, read_onnx_card(model))
     ops = {n.op_type for n in model.graph.node}
     cpu = bool(ops & ORT_ONLY_OPS) or any(n.domain == "com.microsoft" for n in model.graph.node) or (
         (man or {}).get("backend") == "onnxruntime")
@@ -195,7 +194,7 @@ def _plan(path: Path) -> EngineInfo:
     model = _load_onnx(src)
     b = tuple(man.get("batch") or (1, 1, 1))
     static = b[0] == b[2]
-    hw = man.get("img_size") or card.preprocess.input_size
+    hw = man.get("img_size") or card.input.input_size
     inputs = _onnx_tensors(model.graph.input, b[0] if static else None, hw)
     outputs = _onnx_tensors(model.graph.output, b[0] if static else None)
     cache = path.parent / man["calib_cache"] if man.get("calib_cache") else None
