@@ -234,6 +234,30 @@ def test_deepstream_uint8_input_engine_passes_pixels_through(engines: Path, imag
     assert (probs.argmax(1) == logits.argmax(1)).all()
 
 
+def test_deepstream_on_build_input_uint8_graphs(engines: Path, image_folder: Path, tmp_path: Path):
+    """The prelude ``build --input uint8`` writes (``input_uint8.uint8_input``): NCHW deploys with scale 1 and
+    offsets 0 and gives the float engine's classes; NHWC is refused (nvinfer feeds planar float)."""
+    u8mod = pytest.importorskip("ghostedge.input_uint8", reason="build --input uint8 (issue 21, part 2) not here")
+    src = engines / "ghostnet.int8.onnx"
+    m = onnx.load(str(src))
+    pre = read_onnx_card(m).input
+    onnx.save_model(u8mod.uint8_input(m, pre, "nchw"), str(tmp_path / "u8.onnx"))
+    r = deploy_deepstream(tmp_path / "u8.onnx", DeepStreamSettings(out=tmp_path / "ds"))
+    cfg = _read_config(r.config)
+    assert (float(cfg["net-scale-factor"]), cfg["offsets"], cfg["network-mode"]) == (1.0, "0;0;0", "1")
+    hwc = np.stack([load_image(p, pre) for p in find_images(image_folder)[:4]])
+    x = np.concatenate([_nvinfer_tensor(cfg, h, None) for h in hwc])
+    logits = _session(src).run(None, {"input": normalize(hwc, pre)})[0]
+    probs = _session(r.model).run(None, {"input": x})[0]
+    assert (probs.argmax(1) == logits.argmax(1)).all()
+    onnx.save_model(u8mod.uint8_input(m, pre, "nhwc"), str(tmp_path / "u8nhwc.onnx"))
+    with pytest.raises(GhostedgeError, match="NHWC"):
+        deploy_deepstream(tmp_path / "u8nhwc.onnx", DeepStreamSettings(out=tmp_path / "ds2"))
+    r = deploy_triton(tmp_path / "u8nhwc.onnx", TritonSettings(out=tmp_path / "repo"))
+    cfg_t, pb = _parse(r.config)
+    assert (cfg_t.input[0].data_type, list(cfg_t.input[0].dims)) == (pb.TYPE_UINT8, [-1, -1, 3])
+
+
 def test_deepstream_secondary_keys_and_the_card_crop(engines: Path, tmp_path: Path):
     r = deploy_deepstream(engines / "ghostnet.int8.onnx", DeepStreamSettings(
         out=tmp_path / "ds", mode=Mode.secondary, operate_on_gie_id=3, operate_on_class_ids=(0, 2), threshold=0.7))
