@@ -241,6 +241,7 @@ def test_deepstream_on_build_input_uint8_graphs(engines: Path, image_folder: Pat
     src = engines / "ghostnet.int8.onnx"
     m = onnx.load(str(src))
     pre = read_onnx_card(m).input
+    shutil.copy(engines / "ghostnet.calib.cache", tmp_path)    # an INT8 config names it (see deepstream.py)
     onnx.save_model(u8mod.uint8_input(m, pre, "nchw"), str(tmp_path / "u8.onnx"))
     r = deploy_deepstream(tmp_path / "u8.onnx", DeepStreamSettings(out=tmp_path / "ds"))
     cfg = _read_config(r.config)
