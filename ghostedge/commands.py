@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 import typer
 
 from .backends.common import Backend, Frontend
-from .cli import BenchBatchOpt, BenchImgSizeOpt, ClassesOpt, EvalOpt, JsonOpt, MaxEvalImagesOpt, NumClassesOpt, \
-    PlotOpt, PreprocessOpt, SecondsOpt, ThreadsOpt, WeightsOpt, _print_json, app, calib_app, choice_option, err, \
+from .cli_options import BenchBatchOpt, BenchImgSizeOpt, ClassesOpt, EvalOpt, JsonOpt, MaxEvalImagesOpt, NumClassesOpt, \
+    PlotOpt, PreprocessOpt, SecondsOpt, ThreadsOpt, WeightsOpt, print_json, app, calib_app, choice_option, err, \
     model_spec, out
 from .errors import CheckFailed, GhostedgeError
 from .modes import Baseline, Method, Optimizer, Ranges, Rounding, Schedule
@@ -130,7 +130,7 @@ def info(
     model, mi = load_model(weights, spec=model_spec(num_classes, preprocess, classes))
     s = model_summary(model, mi, img_size)
     if as_json:
-        _print_json(s)
+        print_json(s)
         return
     from rich.table import Table
 
@@ -174,7 +174,7 @@ def export(
     res = {"path": str(r.path), "opset": r.opset, "nodes": r.nodes, "parity_random_max_abs": r.parity_random,
            "parity_real_max_abs": r.parity_real, "passed": r.passed}
     if as_json:
-        _print_json(res)
+        print_json(res)
     else:
         out.print(f"wrote {r.path} (opset {r.opset}, {r.nodes} nodes); parity with PyTorch: max |diff| "
                   f"{r.parity_random:.2e} random" + (f", {r.parity_real:.2e} real images" if r.parity_real is not None
@@ -202,7 +202,7 @@ def eval_cmd(
                                   spec=model_spec(num_classes, preprocess, classes)),
                        lambda d, t: p.update(task, completed=d, total=t))
     if as_json:
-        _print_json(res)
+        print_json(res)
         return
     from rich.table import Table
 
@@ -262,7 +262,7 @@ def quantize(
                                              images=refine_images))
     res = _quantize_with_progress(cfg)
     if as_json:
-        _print_json(res.to_dict())
+        print_json(res.to_dict())
     else:
         from rich.table import Table
 
@@ -375,7 +375,7 @@ def build(
     res = {"engine": str(r.engine), "manifest": str(r.manifest), "backend": r.backend, "precision": r.precision,
            "seconds": r.seconds, "trtexec": r.trtexec, "dla_fallback_layers": r.dla_fallback_layers}
     if as_json:
-        _print_json(res)
+        print_json(res)
         return
     out.print(f"built {r.engine} ({r.backend}, {r.precision}) in {r.seconds:.1f}s; manifest {r.manifest.name}")
     if r.dla_fallback_layers:
@@ -395,7 +395,7 @@ def inspect(
 
     rows = inspect_path(engine)
     if as_json:
-        _print_json({"engine": str(engine), "layers": rows,
+        print_json({"engine": str(engine), "layers": rows,
                      "flagged": {f: sum(f in r["flags"] for r in rows) for f in ("fp32", "reformat", "dla->gpu")}})
         return
     from rich.table import Table
@@ -429,7 +429,7 @@ def _render_bench(res: dict, as_json: bool, report: Optional[Path], plot: Option
     if plot:
         bench_plot(res, plot)
     if as_json:
-        _print_json(res)
+        print_json(res)
     else:
         print_bench(res, out)
         for f in (report, plot):

@@ -1,31 +1,21 @@
 """``ghostedge deploy``: the configuration DeepStream and Triton need for an engine (options -> settings -> call).
 
-A sub-app of its own (``cli`` adds it), importing nothing from ``cli``: errors are GhostedgeErrors, which
+A sub-app of its own (``cli`` adds it) on the shared ``cli_options``: errors are GhostedgeErrors, which
 ``cli.run`` prints on one line.
 """
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
+from .cli_options import err, out, print_json
 from .errors import GhostedgeError
 
 deploy_app = typer.Typer(no_args_is_help=True, help="Configuration for DeepStream (nvinfer) and Triton Inference "
                                                     "Server from an engine.")
-out = Console()
-err = Console(stderr=True)
-
-
-def _print_json(obj: object) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
-
-
 EngineArg = Annotated[Path, typer.Argument(help="engine: .plan, the TensorRT ONNX (engines/ghostnet.int8.onnx), the "
                                                 "ONNX Runtime engine (.ort.onnx) or OpenVINO (.xml)")]
 
@@ -83,7 +73,7 @@ def deepstream(
                            gpu_id=gpu_id, fp16=fp16, frame=_frame(frame), tensorrt_version=tensorrt_version)
     r = deploy_deepstream(engine, s)
     if json_out:
-        _print_json({"config": str(r.config), "labels": str(r.labels), "model": str(r.model),
+        print_json({"config": str(r.config), "labels": str(r.labels), "model": str(r.model),
                      "calib_cache": str(r.calib_cache) if r.calib_cache else None, "network_mode": r.network_mode,
                      "net_scale_factor": r.normalisation.net_scale_factor, "offsets": r.normalisation.offsets,
                      "channel_scale": r.normalisation.channel_scale,
@@ -108,7 +98,7 @@ def triton(
 
     r = deploy_triton(engine, TritonSettings(out=out_dir, name=name, max_batch=max_batch, instances=instances))
     if json_out:
-        _print_json({"config": str(r.config), "backend": r.backend, "max_batch_size": r.max_batch_size,
+        print_json({"config": str(r.config), "backend": r.backend, "max_batch_size": r.max_batch_size,
                      "files": [str(f) for f in r.files], "notes": r.notes})
         return
     out.print(f"Triton model {name!r} ({r.backend}, max_batch_size {r.max_batch_size}) -> {r.model_dir}",
