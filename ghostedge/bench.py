@@ -23,6 +23,7 @@ from .backends.registry import backend_for_path
 from .data import class_folders, find_images, labelled_set
 from .drift import accuracy, compare, judge
 from .errors import CheckFailed, GhostedgeError, SettingError
+from .input_uint8 import engine_format, feed_for, timing_input
 from .manifest import cpu_flags, cpu_name
 from .card import ModelCard, card_for_onnx, read_onnx_card
 from .checkpoint import ModelSpec, check_against, load_model
@@ -240,9 +241,11 @@ def bench(cfg: BenchConfig, say: Callable[[str], None] = lambda s: None,
     for p, runner, man in opened:
         rep = EngineReport(str(p), runner.backend, runner.precision, manifest=man)
         say(f"measuring {p.name} ({runner.backend}, {runner.precision})")
+        fmt = engine_format(p, man)   # a uint8-input engine is timed on uint8 pixels
+        timed = inputs if not fmt.uint8 else {b: timing_input(fmt, b, size, rng) for b in cfg.batches}
         with runner:
             for b in cfg.batches:
-                rep.timings[b] = time_runner(runner, inputs[b], cfg.warmup, cfg.iters, cfg.seconds)
+                rep.timings[b] = time_runner(runner, timed[b], cfg.warmup, cfg.iters, cfg.seconds)
         for w in getattr(runner, "warnings", ()):
             say(f"warning: {p.name}: {w}")
         reports.append(rep)
@@ -326,9 +329,9 @@ def _drift_pass(cfg: BenchConfig, ev: ImageSet, info: ModelCard, size: int, mode
     tick = (lambda d, t: progress("drift: eval images", d, t)) if progress else None
     with ExitStack() as stack:
         models = {}
-        for i, (_, runner, _) in enumerate(opened):
-            stack.enter_context(runner)
-            models[f"engine{i}"] = (lambda r: lambda xb: logits_in_batches(r, xb, batch))(runner)
+        for i, (p, runner, man) in enumerate(opened):
+            fed = stack.enter_context(feed_for(runner, info.preprocess, engine_format(p, man)))
+            models[f"engine{i}"] = (lambda r: lambda xb: logits_in_batches(r, xb, batch))(fed)
 
         def reference():  # noqa: ANN202
             tr = stack.enter_context(TorchRunner(model, threads=cfg.threads))

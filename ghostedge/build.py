@@ -22,6 +22,7 @@ from .build_common import DEFAULT_BATCH, DLA_BATCH, BuildConfig, common_manifest
 from .errors import GhostedgeError, write_bytes_atomic
 from .card import card_for_onnx, read_onnx_card
 from .export import INPUT_NAME, fp16_onnx
+from .input_uint8 import uint8_input
 from .manifest import file_sha256, version_tuple, write_manifest
 from .checkpoint import check_against
 from .quantize import CACHE_NAME, FP32_NAME, IMPLICIT_NAME, INT8_NAME, calib_cache_text, parse_calib_cache, \
@@ -94,7 +95,7 @@ def trtexec_command(onnx_name: str, cfg: BuildConfig, plat: Platform, engine_nam
     flags, ``--stronglyTyped`` on 10.x (11.x is always strongly typed and has neither flag)."""
     b0, b1, b2 = resolve_batch(cfg)
     major = trt_version[0]
-    shape = lambda b: f"{INPUT_NAME}:{b}x3x{img}x{img}"  # noqa: E731
+    shape = lambda b: f"{INPUT_NAME}:" + "x".join(map(str, cfg.input_format.shape(b, img)))  # noqa: E731
     args = ["trtexec", f"--onnx={onnx_name}", f"--saveEngine={engine_name}"]
     if b0 == b2:
         args.append(f"--shapes={shape(b0)}")
@@ -187,12 +188,28 @@ def _cache_stamp_warning(cache: Path, plat: Platform, say: Callable[[str], None]
             f"--cache-trt-version {plat.expected_trt} (or --target auto on the board)")
 
 
+#: the first TensorRT with uint8 network inputs that a Cast turns into float (ICastLayer, TensorRT 8.6)
+UINT8_INPUT_TRT = (8, 6)
+
+
+def check_uint8_input(cfg: BuildConfig, ver: tuple[int, ...], implicit: bool) -> None:
+    """A uint8-input TensorRT engine: TensorRT 8.6+ (its Cast layer converts uint8; 8.5 has none), built from the
+    Q/DQ or float ONNX, not by implicit calibration (the calibration cache has no scale for the prelude's output)."""
+    if tuple(ver[:2]) < UINT8_INPUT_TRT:
+        raise GhostedgeError(f"a uint8 input needs TensorRT 8.6 or later (its Cast layer converts uint8); this is "
+                             f"TensorRT {'.'.join(map(str, ver))}: build a float-input engine here")
+    if implicit:
+        raise GhostedgeError("a uint8 input is built from the Q/DQ ONNX (explicit INT8), not from a legacy "
+                             "calibration cache (implicit INT8, as DLA needs before TensorRT 11): build a "
+                             "float-input engine for that")
+
+
 def build_tensorrt(cfg: BuildConfig, say: Callable[[str], None], trt=None, gpu: dict | None = None) -> BuildResult:
     """``trt`` / ``gpu``: the TensorRT module and device description (default: import / query them)."""
     from .backends.cuda import cuda_probe
     from .backends.tensorrt import TrtBuildSettings, build_serialized, import_tensorrt, use_strong_typing
-    from .backends.tensorrt.version import check_dla_shape
     from .backends.tensorrt import version_tuple as trt_version
+    from .backends.tensorrt.version import check_dla_shape
 
     t0 = time.time()
     plat = resolve(cfg.target)
@@ -211,6 +228,9 @@ def build_tensorrt(cfg: BuildConfig, say: Callable[[str], None], trt=None, gpu: 
     info = card_for_onnx(info_src)
     img = cfg.img_size or info.input.input_size
     out = cfg.out or cfg.engines / "ghostnet.plan"
+    if cfg.input_format.uint8 and read_onnx_card(info_src) is None:
+        raise GhostedgeError(f"{info_src} carries no model card (not a ghostedge export): a uint8-input engine needs "
+                             "its mean/std; rerun ghostedge quantize")
     try:
         trt = trt or import_tensorrt()
     except GhostedgeError:
@@ -219,6 +239,12 @@ def build_tensorrt(cfg: BuildConfig, say: Callable[[str], None], trt=None, gpu: 
         src_name = IMPLICIT_NAME if uses_cache else INT8_NAME if cfg.precision == Precision.int8 else FP32_NAME
         if uses_cache:
             _cache_stamp_warning(calib_cache or cfg.engines / CACHE_NAME, plat, say)
+        if cfg.input_format.uint8:   # the portable artifact for the board: the uint8-input ONNX, beside the others
+            check_uint8_input(cfg, exp, uses_cache)
+            u8_path = cfg.engines / f"{Path(src_name).stem}.{cfg.input_format.layout}-uint8.onnx"
+            write_bytes_atomic(u8_path, uint8_input(onnx.load(str(cfg.engines / src_name)), info.preprocess,
+                                                    cfg.input_format.layout).SerializeToString())
+            src_name = u8_path.name
         cmd = trtexec_command(src_name, replace(cfg, batch=batch), plat, out.name, img, exp,
                               cache_name=(calib_cache.name if calib_cache else CACHE_NAME) if uses_cache else None)
         raise GhostedgeError(f"TensorRT is not installed here: build on the target board instead: copy "
@@ -269,8 +295,14 @@ def build_tensorrt(cfg: BuildConfig, say: Callable[[str], None], trt=None, gpu: 
     if strong and cfg.precision != Precision.fp32:
         model = fp16_onnx(model)
         built_from = out.with_name(out.stem + ".fp16-typed.onnx")
+    if cfg.input_format.uint8:
+        check_uint8_input(cfg, ver, cache_bytes is not None)
+        model = uint8_input(model, info.preprocess, cfg.input_format.layout)
+        built_from = built_from.with_name(f"{out.stem}{'.fp16-typed' if built_from != src else ''}"
+                                          f".{cfg.input_format.layout}-uint8.onnx")
     ws = (cfg.workspace_mib << 20) if cfg.workspace_mib else plat.target.workspace
-    s = TrtBuildSettings(precision=cfg.precision.value, batch=batch, img_size=img, workspace=ws,
+    s = TrtBuildSettings(precision=cfg.precision.value, batch=batch, img_size=img, layout=cfg.input_format.layout,
+                         workspace=ws,
                          dla_core=cfg.dla_core, gpu_fallback=cfg.gpu_fallback, timing_cache=cfg.timing_cache,
                          opt_level=cfg.opt_level, hardware_compat=cfg.hardware_compat,
                          version_compatible=cfg.version_compatible, calib_cache=cache_bytes,
@@ -308,9 +340,13 @@ def build_tensorrt(cfg: BuildConfig, say: Callable[[str], None], trt=None, gpu: 
 def build_torch_tensorrt(cfg: BuildConfig, say: Callable[[str], None]) -> BuildResult:
     """The torch-tensorrt frontend: the PyTorch model compiled straight to a plan (``backends.torch_tensorrt``);
     INT8 calibrated on the calibration images. ``cfg.batch`` is resolved by ``build``."""
-    from .backends.torch_tensorrt import TorchTrtSettings, check_available, compile_engine
-    from .data import batches, load_images, normalize, sample_images
+    from .backends.torch_tensorrt import (
+        TorchTrtSettings,
+        check_available,
+        compile_engine,
+    )
     from .checkpoint import load_model
+    from .data import batches, load_images, normalize, sample_images
 
     check_available(cfg.precision)
     t0 = time.time()
@@ -336,6 +372,8 @@ def build_torch_tensorrt(cfg: BuildConfig, say: Callable[[str], None]) -> BuildR
 
 
 def build(cfg: BuildConfig, say: Callable[[str], None] = lambda s: None) -> BuildResult:
+    if cfg.frontend == Frontend.torch_tensorrt and cfg.input_format.uint8:
+        raise GhostedgeError("a uint8 input is built from the ONNX (frontend onnx), not by torch-tensorrt")
     if cfg.frontend == Frontend.torch_tensorrt:
         from .backends.torch_tensorrt import check_torch_tensorrt_options
 

@@ -15,6 +15,7 @@ from .errors import GhostedgeError
 from .card import ModelCard, read_onnx_card
 from .manifest import cpu_name, file_sha256
 from .checkpoint import ModelSpec
+from .input_uint8 import FLOAT32, InputFormat, record_format
 from .quantize import FP32_NAME, INT8_NAME, RECORD_NAME
 from .record import CalibrationRecord
 
@@ -40,6 +41,7 @@ class BuildConfig:
     calib: Path | None = None       # calibration images: torch-tensorrt --int8; CPU selection's accuracy check
     threads: int = 0                # CPU engines: threads the selection measures with (0 = all)
     spec: ModelSpec | None = None   # --preprocess / --classes: checked against the ONNX's description
+    input_format: InputFormat = FLOAT32   # uint8: the engine takes pixels and normalises them itself
 
 
 DEFAULT_BATCH = (1, 8, 32)
@@ -82,7 +84,7 @@ def common_manifest(cfg: BuildConfig, src: Path, record: CalibrationRecord | Non
         "source_onnx": {"path": str(src), "sha256": file_sha256(src)},
         "calibration": ({"fingerprint": record.data.fingerprint, "method": record.method,
                          "record_sha256": file_sha256(cfg.engines / RECORD_NAME)} if record else None),
-        "model": info.to_dict() if info else None,
+        "model": record_format(info.to_dict(), cfg.input_format) if info else None,
         "batch": list(resolve_batch(cfg)),
         "host": {"machine": platform.machine(), "cpu": cpu_name(), "python": platform.python_version()},
     }

@@ -212,7 +212,22 @@ def build_onnxruntime_engine(cfg, dst: Path, record: CalibrationRecord | None,  
             model = to_uint8_weights(model)
     else:
         model = onnx.load(str(cfg.engines / FP32_NAME))
-    return optimize_to(model, dst)
+    return optimize_to(with_input_format(cfg, model), dst)
+
+
+def with_input_format(cfg, model: onnx.ModelProto) -> onnx.ModelProto:  # noqa: ANN001 (BuildConfig)
+    """The engine's source graph with the input ``cfg.input_format`` asks for (uint8 pixels: normalised in the
+    graph, with the FP32 ONNX's mean/std)."""
+    if not cfg.input_format.uint8:
+        return model
+    from .card import read_onnx_card
+    from .input_uint8 import uint8_input
+
+    info = read_onnx_card(cfg.engines / FP32_NAME)
+    if info is None:
+        raise GhostedgeError(f"{cfg.engines / FP32_NAME} carries no preprocessing (not a ghostedge export): a "
+                             "uint8-input engine needs the mean/std; rerun ghostedge quantize")
+    return uint8_input(model, info.preprocess, cfg.input_format.layout)
 
 
 def refined_float_graph(cfg) -> onnx.ModelProto:  # noqa: ANN001 (BuildConfig)
@@ -319,8 +334,8 @@ def build_openvino_engine(cfg, dst: Path, size: int, variant: Variant,  # noqa: 
     src = openvino_source(cfg, variant, record)
     tmp = dst.with_name(f".{dst.stem}.{os.getpid()}.src.onnx")
     try:
-        write_bytes_atomic(tmp, src.SerializeToString())
-        save_ir(tmp, dst, size)
+        write_bytes_atomic(tmp, with_input_format(cfg, src).SerializeToString())
+        save_ir(tmp, dst, size, cfg.input_format.layout)
     finally:
         tmp.unlink(missing_ok=True)
     return qdq_weight_code_max(src) if cfg.precision == Precision.int8 else None
@@ -501,6 +516,7 @@ def choose_cpu_engine(cfg, say: Callable[[str], None], threads: int = 0,  # noqa
 def _choose_cpu_engine(cfg, say: Callable[[str], None], threads: int, cpu: CpuInt8 | None) -> BuildResult:  # noqa: ANN001
     from .estimate import qdq_logits
     from .card import card_for_onnx
+    from .input_uint8 import feed_for, timing_input
     from .quantize import ort_logits
 
     t0 = time.time()
@@ -529,7 +545,7 @@ def _choose_cpu_engine(cfg, say: Callable[[str], None], threads: int, cpu: CpuIn
     est = qdq_logits(need_input(cfg.engines / INT8_NAME, "the Q/DQ ONNX"), x, threads=threads) if int8 else ref
     est_agree = float((est.argmax(1) == ref.argmax(1)).mean() * 100)
     rng = np.random.default_rng(0)
-    inputs = {b: rng.standard_normal((b, 3, size, size), dtype=np.float32) for b in batches}
+    inputs = {b: timing_input(cfg.input_format, b, size, rng) for b in batches}
     tmp = Path(tempfile.mkdtemp(prefix=".select.", dir=cfg.engines))
     try:
         cands = _candidates(cfg, tmp, cpu)
@@ -541,7 +557,7 @@ def _choose_cpu_engine(cfg, say: Callable[[str], None], threads: int, cpu: CpuIn
                     built[c.path] = build_engine(cfg, c.variant, c.path, size, record)
                 check_no_overflow(c.variant, built[c.path], cpu)
                 c.build_seconds = time.time() - tc
-                with _open(c, threads) as r:
+                with feed_for(_open(c, threads), info.preprocess, cfg.input_format) as r:
                     _judge(c, logits_in_batches(r, x, 32), ref, est)
                     for b in batches:
                         c.throughput[str(b)] = time_runner(r, inputs[b], 1, None, SELECT_SECONDS).throughput

@@ -6,13 +6,14 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 
 from .backends.common import Backend, Frontend
 from .cli_options import BenchBatchOpt, BenchImgSizeOpt, ClassesOpt, EvalOpt, JsonOpt, MaxEvalImagesOpt, NumClassesOpt, \
     PlotOpt, PreprocessOpt, SecondsOpt, ThreadsOpt, WeightsOpt, print_json, app, calib_app, choice_option, err, \
     model_spec, out
 from .errors import CheckFailed, GhostedgeError
-from .modes import Baseline, Method, Optimizer, Ranges, Rounding, Schedule
+from .modes import Baseline, InputDtype, InputLayout, Method, Optimizer, Ranges, Rounding, Schedule
 
 
 @app.command()
@@ -348,6 +349,11 @@ def build(
         help="calibration images: for --frontend torch-tensorrt --int8 (default ./calib), and for the CPU "
              "engine choice's accuracy check (default: the folder quantize used)")] = None,
     threads: Annotated[int, typer.Option(help="CPU engines: threads to measure with (0 = all cores)")] = 0,
+    input_dtype: Annotated[InputDtype, choice_option(InputDtype, "--input", help=(
+        "float32 (normalised NCHW, as exported) | uint8: the engine takes RGB pixels 0-255 already resized and "
+        "cropped, and does the float conversion and mean/std itself"))] = InputDtype.float32,
+    input_layout: Annotated[InputLayout, choice_option(
+        InputLayout, "--input-layout", help="--input uint8: nchw | nhwc (camera frames as they come)")] = InputLayout.nchw,
     weights: WeightsOpt = None,
     preprocess: PreprocessOpt = None,
     classes: ClassesOpt = None,
@@ -355,6 +361,7 @@ def build(
 ) -> None:
     """Build an engine: TensorRT for NVIDIA GPUs / Jetson, ONNX Runtime on a CPU."""
     from .build import BuildConfig, Precision, build as run_build, parse_batch
+    from .input_uint8 import InputFormat
 
     chosen = [p for p, on in (("fp32", fp32), ("fp16", fp16), ("int8", int8)) if on]
     if len(chosen) > 1:
@@ -363,6 +370,8 @@ def build(
         raise GhostedgeError("--opt-level must be 0..5")
     if workspace is not None and workspace < 1:
         raise GhostedgeError("--workspace must be a positive number of MiB")
+    if input_dtype == InputDtype.float32 and input_layout != InputLayout.nchw:
+        raise GhostedgeError("--input-layout nhwc is for --input uint8 (a float input is the exported NCHW)")
     cfg = BuildConfig(engines=engines, precision=Precision(chosen[0] if chosen else "int8"), backend=backend,
                       target=target, batch=parse_batch(batch) if batch else None, img_size=img_size,
                       workspace_mib=workspace,
@@ -370,7 +379,7 @@ def build(
                       opt_level=opt_level, hardware_compat=hardware_compat,
                       version_compatible=version_compatible, calib_cache=calib_cache, out=out_path,
                       frontend=frontend, weights=weights, calib=calib, threads=threads,
-                      spec=model_spec(None, preprocess, classes))
+                      spec=model_spec(None, preprocess, classes), input_format=InputFormat(input_dtype.value, input_layout.value))
     r = run_build(cfg, say=_say)
     res = {"engine": str(r.engine), "manifest": str(r.manifest), "backend": r.backend, "precision": r.precision,
            "seconds": r.seconds, "trtexec": r.trtexec, "dla_fallback_layers": r.dla_fallback_layers}
@@ -409,6 +418,46 @@ def inspect(
     out.print(t)
     counts = {f: sum(f in r["flags"] for r in rows) for f in ("fp32", "reformat", "dla->gpu")}
     out.print(f"{len(rows)} layers; flagged: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+
+
+@app.command()
+def predict(
+    model: Annotated[Path, typer.Argument(help="an engine (.plan, .onnx, .xml) or a checkpoint (.safetensors, .pth)")],
+    images: Annotated[list[Path], typer.Argument(help="image files and/or folders (searched recursively)")],
+    top: Annotated[int, typer.Option(help="classes to show per image")] = 5,
+    batch: Annotated[int, typer.Option(help="images per inference call")] = 32,
+    threads: Annotated[int, typer.Option(help="CPU threads (0 = all cores)")] = 0,
+    num_classes: NumClassesOpt = None,
+    preprocess: PreprocessOpt = None,
+    classes: ClassesOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Top-K classes and probabilities per image, with the model's own preprocessing (as eval applies it)."""
+    from .predict import PredictConfig, predict as run_predict
+
+    preds: list[dict] = []
+
+    def emit(p) -> None:  # noqa: ANN001 (predict.Prediction)
+        if as_json:
+            preds.append(p.to_dict())
+        elif p.error is not None:
+            err.print(f"[red]error:[/] {escape(p.path)}: {escape(p.error)}", highlight=False, soft_wrap=True)
+        else:
+            out.print(f"{escape(p.path)}: " + ", ".join(f"{escape(c)} {v:.3f}" for c, v in zip(p.classes,
+                                                                                            p.probabilities)),
+                      highlight=False, soft_wrap=True)
+
+    cfg = PredictConfig(model=model, images=list(images), top=top, batch=batch, threads=threads,
+                        spec=model_spec(num_classes, preprocess, classes))
+    s = run_predict(cfg, emit)
+    if as_json:
+        _print_json({**s.to_dict(), "predictions": preds})
+    else:
+        _say(f"{s.classified} image(s) classified with {Path(s.model).name} ({s.backend}, {s.precision}, input "
+             f"{s.input.describe()}, {s.img_size} px)" + (f"; {s.failed} could not be read" if s.failed else ""))
+    if s.failed:
+        raise CheckFailed(f"{s.failed} of {s.failed + s.classified} image(s) could not be read (listed above); the "
+                          "others were classified")
 
 
 def _parse_batches(batch: str) -> tuple[int, ...]:

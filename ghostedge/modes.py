@@ -43,3 +43,15 @@ class Schedule(str, Enum):
     cosine = "cosine"
     step = "step"
     constant = "constant"
+
+
+class InputDtype(str, Enum):
+    """What an engine's input takes (build --input)."""
+    float32 = "float32"  # the normalised float tensor, as exported
+    uint8 = "uint8"      # RGB pixels 0-255; the engine converts and normalises them itself
+
+
+class InputLayout(str, Enum):
+    """The axis order of a uint8 input (build --input-layout)."""
+    nchw = "nchw"
+    nhwc = "nhwc"        # camera frames as they come

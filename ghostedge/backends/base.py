@@ -1,7 +1,8 @@
 """One runner interface for every backend (PyTorch, ONNX Runtime, TensorRT).
 
 Subclasses override only the ``*_impl`` methods; ``infer`` takes and returns numpy arrays (NCHW float32
-in, logits out), so the harness and the drift code never see a backend's own types.
+in, or uint8 pixels for a uint8-input engine; logits out), so the harness and the drift code never see a
+backend's own types.
 """
 
 from __future__ import annotations
@@ -76,7 +77,8 @@ class BaseRunner:
     def infer(self, x: np.ndarray) -> np.ndarray:
         if not self.active:
             raise RuntimeError(f"runner {self.name} used before activate()")
-        return self.infer_impl(np.ascontiguousarray(x, dtype=np.float32))
+        # uint8 pixels go to uint8-input engines as they are (``build --input uint8``); all else is float32
+        return self.infer_impl(np.ascontiguousarray(x, dtype=np.uint8 if x.dtype == np.uint8 else np.float32))
 
     def deactivate(self) -> None:
         if self.active:

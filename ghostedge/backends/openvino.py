@@ -30,13 +30,14 @@ def import_openvino() -> Any:
     return ov
 
 
-def save_ir(onnx_path: Path, dst: Path, img_size: int | None = None) -> Path:
+def save_ir(onnx_path: Path, dst: Path, img_size: int | None = None, layout: str = "nchw") -> Path:
     """ONNX -> OpenVINO IR (.xml + .bin), dynamic batch, weights kept as they are (no FP16 compression).
-    Written under temporary names and renamed, .bin first, so a reader never sees a half pair."""
+    ``layout`` nhwc: the input is [N, H, W, 3] (uint8 pixels). Written under temporary names and renamed,
+    .bin first, so a reader never sees a half pair."""
     ov = import_openvino()
     model = ov.Core().read_model(str(onnx_path))
     if img_size:
-        model.reshape([-1, 3, img_size, img_size])
+        model.reshape([-1, img_size, img_size, 3] if layout == "nhwc" else [-1, 3, img_size, img_size])
     dst = Path(dst)
     if dst.suffix != ".xml":
         raise GhostedgeError(f"--out {dst}: an OpenVINO engine is an .xml (+ .bin) pair: pass a name ending in .xml")

@@ -15,6 +15,7 @@ from .version import TRT86_FEATURES, check_dla_request, has_flag, use_strong_typ
 @dataclass
 class TrtBuildSettings:
     img_size: int                           # the model card's input size (or the build's own)
+    layout: str = "nchw"                     # nhwc: a uint8-input engine taking [N, H, W, 3] pixels
     precision: str = "fp16"                 # fp32 | fp16 | int8
     input_name: str = "input"
     batch: tuple[int, int, int] = (1, 8, 32)
@@ -153,7 +154,7 @@ def build_serialized(trt: ModuleType, onnx_bytes: bytes, s: TrtBuildSettings) ->
     config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
     profile = builder.create_optimization_profile()
     b0, b1, b2 = s.batch
-    shp = lambda b: (b, 3, s.img_size, s.img_size)  # noqa: E731
+    shp = lambda b: (b, s.img_size, s.img_size, 3) if s.layout == "nhwc" else (b, 3, s.img_size, s.img_size)  # noqa: E731
     profile.set_shape(s.input_name, shp(b0), shp(b1), shp(b2))
     config.add_optimization_profile(profile)
     if s.opt_level is not None:

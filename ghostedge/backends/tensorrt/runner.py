@@ -71,10 +71,14 @@ class TensorRTRunner(BaseRunner):
                             if not self.engine.binding_is_input(i)]
             prof = self.engine.get_profile_shape(0, 0)
         self.min_shape, self.max_shape = tuple(prof[0]), tuple(prof[2])
-        # an engine compiled from an FP16 model (torch-tensorrt >= 2.10) has FP16 I/O
-        half = getattr(trt.DataType, "HALF", None)
-        np_of = lambda n: np.float16 if self.v3 and half is not None and self.engine.get_tensor_dtype(n) == half \
-            else np.float32  # noqa: E731
+        # an engine compiled from an FP16 model (torch-tensorrt >= 2.10) has FP16 I/O; one built with
+        # --input uint8 takes uint8 pixels
+        half, u8 = getattr(trt.DataType, "HALF", None), getattr(trt.DataType, "UINT8", None)
+
+        def np_of(n: str) -> type:
+            dt = self.engine.get_tensor_dtype(n) if self.v3 else None   # the binding API: float32 I/O only
+            return np.float16 if half is not None and dt == half else np.uint8 if u8 is not None and dt == u8 \
+                else np.float32
         self.in_dtype, self.out_dtype = np_of(self.inputs[0]), np_of(self.outputs[0])
         self.stream = self.cu.stream()
         self.ev = (self.cu.event(), self.cu.event())
