@@ -10,7 +10,9 @@ Rules (onnx-tensorrt's operator support notes and TensorRT's "Working with quant
 - zero points are 0 and int8 (symmetric);
 - per-channel Q/DQ (a scale vector) names its axis explicitly; per-tensor ones have a scalar scale;
 - in a strongly typed (FP16) graph no FP32 tensor meets an FP16 one: strict ONNX type inference passes
-  and every float tensor between the two Casts is FP16.
+  and every float tensor between the two Casts is FP16;
+- a uint8-input graph (``build --input uint8``; TensorRT 8.6+ casts uint8) has its uint8 input feed only a
+  Cast to float, then the mean/std as constant Sub/Mul, before and outside every Q/DQ pair.
 """
 
 from __future__ import annotations
@@ -67,6 +69,71 @@ def check_trt_rules(m: onnx.ModelProto, targets: tuple[str, ...], fp16_typed: bo
         inp, outp = m.graph.input[0].name, m.graph.output[0].name
         float32 = [k for k, v in types.items() if v == onnx.TensorProto.FLOAT and k not in (inp, outp)]
         assert not float32, f"FP32 tensors inside a strongly typed FP16 graph: {float32[:5]}"
+
+
+def check_uint8_prelude(m: onnx.ModelProto, layout: str) -> None:
+    """A uint8-input graph (``build --input uint8``): the uint8 input feeds one Cast to float and nothing else;
+    the prelude is Cast -> (Transpose) -> Sub -> Mul with constant per-channel initializers, outside every Q/DQ
+    pair, so every QuantizeLinear still takes a float tensor and the placement is the float graph's."""
+    inp = m.graph.input[0]
+    assert inp.type.tensor_type.elem_type == onnx.TensorProto.UINT8, "input is not uint8"
+    dims = [d.dim_value for d in inp.type.tensor_type.shape.dim]
+    assert (dims[3] if layout == "nhwc" else dims[1]) == 3, f"channels not where {layout} puts them: {dims}"
+    users = [n for n in m.graph.node if inp.name in n.input]
+    assert [n.op_type for n in users] == ["Cast"], f"the uint8 input feeds {[n.op_type for n in users]}"
+    to = {a.name: a.i for a in users[0].attribute}["to"]
+    assert to in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16), "the Cast does not go to float"
+    ops = [n.op_type for n in m.graph.node[:4]]
+    want = ["Cast", "Transpose", "Sub", "Mul"] if layout == "nhwc" else ["Cast", "Sub", "Mul"]
+    assert ops[:len(want)] == want, f"prelude is {ops}"
+    inits = {t.name for t in m.graph.initializer}
+    for n in m.graph.node[1:len(want)]:
+        if n.op_type in ("Sub", "Mul"):
+            assert n.input[1] in inits, f"{n.name}: mean/std is not a constant initializer"
+    inferred = onnx.shape_inference.infer_shapes(m, check_type=True, strict_mode=True)
+    types = {v.name: v.type.tensor_type.elem_type for v in inferred.graph.value_info}
+    for n in m.graph.node:
+        if n.op_type == "QuantizeLinear":
+            assert types.get(n.input[0], onnx.TensorProto.FLOAT) != onnx.TensorProto.UINT8, n.name
+
+
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+def test_uint8_input_graphs_obey_the_rules(engines_dir: Path, layout: str):
+    """The uint8-input variants of every graph TensorRT gets: the same rules, plus a well-formed prelude."""
+    from ghostedge.export import read_onnx_info
+    from ghostedge.input_uint8 import uint8_input
+
+    fp32 = onnx.load(str(engines_dir / "ghostnet.onnx"))
+    int8 = onnx.load(str(engines_dir / "ghostnet.int8.onnx"))
+    pre = read_onnx_info(fp32).preprocess
+    for m, targets, f16 in ((fp32, ("8.6", "10.x"), False), (int8, ("8.6", "10.x"), False),
+                            (fp16_onnx(fp32), ("10.x", "11.x"), True), (fp16_onnx(int8), ("10.x", "11.x"), True)):
+        u8 = uint8_input(m, pre, layout)
+        check_trt_rules(u8, targets, fp16_typed=f16)
+        check_uint8_prelude(u8, layout)
+        q = lambda g: [(n.op_type, n.input[1:], [(a.name, a.i) for a in n.attribute])  # noqa: E731
+                       for n in g.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+        assert q(u8) == q(m)   # the same Q/DQ nodes, scales and axes: TensorRT's placement is untouched
+
+
+def test_uint8_prelude_check_catches_what_it_claims(engines_dir: Path):
+    from ghostedge.export import read_onnx_info
+    from ghostedge.input_uint8 import uint8_input
+
+    fp32 = onnx.load(str(engines_dir / "ghostnet.onnx"))
+    u8 = uint8_input(fp32, read_onnx_info(fp32).preprocess)
+    with pytest.raises(AssertionError, match="input is not uint8"):
+        check_uint8_prelude(fp32, "nchw")
+    with pytest.raises(AssertionError, match="channels not where nhwc"):
+        check_uint8_prelude(u8, "nhwc")
+    bad = onnx.ModelProto()
+    bad.CopyFrom(u8)
+    for n in bad.graph.node:
+        if n.op_type == "Cast":
+            n.attribute[0].i = onnx.TensorProto.INT32
+            break
+    with pytest.raises(AssertionError, match="does not go to float"):
+        check_uint8_prelude(bad, "nchw")
 
 
 def test_every_onnx_ghostedge_hands_tensorrt(engines_dir: Path):

@@ -916,3 +916,84 @@ def test_i18_05_bench_and_inspect_name_the_cuda_error(tmp_path: Path, monkeypatc
     monkeypatch.setattr(backend, "cuda_probe", lambda: (None, why))
     with pytest.raises(GhostedgeError, match="cudaErrorInsufficientDriver"):
         open_runner(plan)
+
+
+@pytest.mark.parametrize("version", [v for v in VERSIONS if tuple(map(int, v.split(".")[:2])) >= (8, 6)])
+@pytest.mark.parametrize("precision,layout", [("int8", "nhwc"), ("fp16", "nchw"), ("fp32", "nchw")])
+def test_uint8_input_engine_parses_the_uint8_graph_and_profiles_its_layout(engines_copy: Path, version: str,
+                                                                           precision: str, layout: str):
+    """--input uint8: TensorRT gets the graph with the uint8 prelude (the FP16-typed one where strongly typed), the
+    profile in the input's layout, the trtexec line the same shapes and file; the manifest records the input."""
+    import shlex
+
+    import onnx
+
+    from ghostedge.input_uint8 import NORMALISED, InputFormat
+
+    from .test_onnx_trt_rules import check_trt_rules, check_uint8_prelude
+
+    fmt = InputFormat("uint8", layout)
+    trt, res = _build(engines_copy, version, precision=Precision(precision), batch=(1, 4, 8), input_format=fmt)
+    parsed = onnx.load_from_string(called(trt, "OnnxParser", "parse")[0][2][0])
+    assert parsed.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    man = json.loads((engines_copy / "ghostnet.plan.json").read_text())
+    fp16_typed = man["strongly_typed"] and precision != "fp32"
+    check_trt_rules(parsed, ("10.x", "11.x") if fp16_typed else ("8.6", "10.x"), fp16_typed=fp16_typed)
+    check_uint8_prelude(parsed, layout)
+    if precision == "int8":
+        first_q = next(n for n in parsed.graph.node if n.op_type == "QuantizeLinear")
+        assert first_q.input[0] in (NORMALISED, "input_fp16")   # it quantizes the normalised tensor
+    shapes = called(trt, "IOptimizationProfile", "set_shape")[0][2]
+    assert shapes[1] == fmt.shape(1, 32) and shapes[3] == fmt.shape(8, 32)
+    assert man["model"]["extra"]["input"] == fmt.to_dict()
+    argv = shlex.split(res.trtexec)
+    src = engines_copy / next(a.split("=", 1)[1] for a in argv if a.startswith("--onnx="))
+    assert onnx.load(str(src)).SerializeToString() == parsed.SerializeToString() and "uint8" in src.name
+    want = "x".join(map(str, fmt.shape(8, 32)))
+    assert f"--maxShapes=input:{want}" in argv
+
+
+def test_uint8_input_needs_tensorrt_86_and_the_explicit_qdq_build(engines_copy: Path):
+    from ghostedge.input_uint8 import InputFormat
+
+    with pytest.raises(GhostedgeError, match="needs TensorRT 8.6 or later"):
+        _build(engines_copy, "8.5.2", precision=Precision.int8, input_format=InputFormat("uint8"))
+    v = next((v for v in VERSIONS if v.startswith("10.3")), None)
+    if v is None:
+        pytest.skip("needs the 10.3 surface")
+    with pytest.raises(GhostedgeError, match="not from a legacy calibration cache"):
+        _build(engines_copy, v, precision=Precision.int8, input_format=InputFormat("uint8"),
+               calib_cache=engines_copy / "ghostnet.calib.cache")
+
+
+def test_uint8_input_recipe_off_the_board(engines_copy: Path, monkeypatch: pytest.MonkeyPatch):
+    """Without TensorRT: the uint8-input ONNX is written beside the others and the trtexec line uses it."""
+    import onnx
+
+    from ghostedge.backends import tensorrt as backend
+    from ghostedge.input_uint8 import InputFormat
+
+    def no_trt():
+        raise GhostedgeError("TensorRT is not installed")
+
+    monkeypatch.setattr(backend, "import_tensorrt", no_trt)
+    with pytest.raises(GhostedgeError, match="ghostnet.int8.nhwc-uint8.onnx") as e:
+        build_tensorrt(BuildConfig(engines=engines_copy, target="agx-orin", precision=Precision.int8,
+                                   input_format=InputFormat("uint8", "nhwc")), lambda s: None)
+    assert "input:32x32x32x3" in str(e.value) or "input:1x32x32x3" in str(e.value)
+    m = onnx.load(str(engines_copy / "ghostnet.int8.nhwc-uint8.onnx"))
+    assert m.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+
+
+@pytest.mark.parametrize("version", [v for v in VERSIONS if not v.startswith("8.")])
+def test_runner_feeds_uint8_to_a_uint8_input_engine(tmp_path: Path, version: str):
+    trt = _engine_fake(version, [(1, 32, 32, 3), (4, 32, 32, 3), (8, 32, 32, 3)])
+    trt._behaviors[("ICudaEngine", "get_tensor_dtype")] = lambda self, n: (
+        trt.DataType.UINT8 if n == "input" else trt.DataType.FLOAT)
+    cu = _HostCuda()
+    sent = []
+    cu.h2d = lambda dst, arr, st: sent.append(arr)
+    with _runner(tmp_path, trt, cu) as r:
+        y = r.infer(np.full((4, 32, 32, 3), 200, np.uint8))
+    assert y.dtype == np.float32 and y.shape == (4, 3)
+    assert sent[0].dtype == np.uint8 and sent[0].nbytes == 4 * 32 * 32 * 3 and int(sent[0].max()) == 200
