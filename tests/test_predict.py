@@ -149,7 +149,7 @@ def test_predict_matches_eval_on_every_val_image(tmp_path: Path, monkeypatch: py
         for m in runs:
             per_image: dict[str, int] = {}
             s = predict(PredictConfig(model=m, images=[IMAGENETTE / "val"], top=1, batch=64, threads=2),
-                        lambda p: per_image.__setitem__(p.path, p.indices[0]))
+                        lambda p, seen=per_image: seen.__setitem__(p.path, p.indices[0]))
             got = np.array([per_image[p] for p in paths])
             assert s.failed == 0 and len(got) == len(want) == len(paths)
             assert (got == want).all(), f"{m}: {int((got != want).sum())} of {len(got)} val images differ from eval"
