@@ -252,3 +252,11 @@ def engine_format(path, manifest: dict | None) -> InputFormat:  # noqa: ANN001 (
 
         return input_format(read_onnx_card(path))
     return FLOAT32
+
+
+def check_engine_input(runner: BaseRunner, fmt: InputFormat, what: str) -> None:
+    """The active engine's own input tensor agrees with the format its description records."""
+    real = runner.inputs_info()[0]
+    if (real.dtype == "uint8") != fmt.uint8:
+        raise GhostedgeError(f"{what} takes a {real.dtype} input {list(real.shape)}, but its description says "
+                             f"{fmt.describe()}: rebuild it with ghostedge build")

@@ -22,7 +22,7 @@ from .card import ModelCard
 from .checkpoint import ModelSpec
 from .data import IMAGE_EXTS, decode_images, find_images
 from .errors import GhostedgeError
-from .input_uint8 import FLOAT32, InputFormat, engine_batch, engine_format
+from .input_uint8 import FLOAT32, InputFormat, check_engine_input, engine_batch, engine_format
 
 #: checkpoint files predict runs with PyTorch (everything else is an engine)
 CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt")
@@ -164,6 +164,7 @@ def predict(cfg: PredictConfig, emit: Callable[[Prediction], None]) -> PredictSu
         return chunk, u8, kept, dict(rep.bad)
 
     with om.runner as runner, ThreadPoolExecutor(max_workers=1, thread_name_prefix="ghostedge-decode") as pool:
+        check_engine_input(runner, om.fmt, Path(cfg.model).name)
         chunks = _chunks(image_paths(cfg.images), cfg.batch)
         pending = [pool.submit(decode, c) for c in [next(chunks, None)] if c is not None]
         while pending:

@@ -152,6 +152,23 @@ def test_bench_and_predict_feed_uint8_engines(engines_copy: Path, image_folder: 
     assert [p["top"][0]["index"] for p in a["predictions"]] == [p["top"][0]["index"] for p in b["predictions"]]
 
 
+def test_predict_refuses_an_engine_whose_input_is_not_what_its_description_says(engines_copy: Path,
+                                                                                image_folder: Path, tmp_path: Path):
+    from ghostedge.predict import PredictConfig, predict
+
+    m = uint8_input(onnx.load(str(engines_copy / "ghostnet.onnx")), read_onnx_info(engines_copy / "ghostnet.onnx")
+                    .preprocess)
+    for p in m.metadata_props:   # an edited description: says float32
+        if p.key == "ghostedge":
+            d = json.loads(p.value)
+            d["extra"].pop("input")
+            p.value = json.dumps(d)
+    bad = tmp_path / "lying.onnx"
+    onnx.save(m, str(bad))
+    with pytest.raises(GhostedgeError, match="takes a uint8 input .* description says float32"):
+        predict(PredictConfig(model=bad, images=[image_folder]), lambda p: None)
+
+
 def test_build_cli_input_options(engines_copy: Path):
     res = ge("build", "--engines", str(engines_copy), "--input", "float32", "--input-layout", "nhwc", "--fp32",
              "--backend", "onnxruntime")
