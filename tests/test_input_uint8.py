@@ -156,7 +156,7 @@ def test_predict_refuses_an_engine_whose_input_is_not_what_its_description_says(
                                                                                 image_folder: Path, tmp_path: Path):
     from ghostedge.predict import PredictConfig, predict
 
-    m = uint8_input(onnx.load(str(engines_copy / "ghostnet.onnx")), read_onnx_info(engines_copy / "ghostnet.onnx")
+    m = uint8_input(onnx.load(str(engines_copy / "ghostnet.onnx")), read_onnx_card(engines_copy / "ghostnet.onnx")
                     .preprocess)
     for p in m.metadata_props:   # an edited description: says float32
         if p.key == "ghostedge":

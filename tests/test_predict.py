@@ -134,17 +134,17 @@ def _val_paths() -> list[str]:
 @pytest.mark.data
 @pytest.mark.slow
 def test_predict_matches_eval_on_every_val_image(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """The reference checkpoint, its FP32 ONNX engine, and a user's GhostNet (tests/data/byo, plain .pth with a
-    sidecar): predict's top-1 equals eval's on each of the val images."""
+    """The reference model's FP32 ONNX engine and a user's GhostNet (tests/data/byo, a plain .pth with a sidecar):
+    predict's top-1 equals eval's (the reference checkpoint's, the user's checkpoint's) on each val image."""
     from ghostedge.export import export_onnx
-    from ghostedge.model import load_model, reference_weights_path
+    from ghostedge.checkpoint import load_model
 
     byo = Path(__file__).parent / "data" / "byo" / "ghostnet_050_sgd192.pth"
     paths = _val_paths()
     model, info = load_model(None)
     engine = tmp_path / "reference.onnx"
     export_onnx(model, info, engine)
-    for weights, runs in ((None, (reference_weights_path(), engine)), (byo, (byo,))):
+    for weights, runs in ((None, (engine,)), (byo, (byo,))):
         want = _eval_top1(weights, monkeypatch)
         for m in runs:
             per_image: dict[str, int] = {}
