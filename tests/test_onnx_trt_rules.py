@@ -100,12 +100,12 @@ def check_uint8_prelude(m: onnx.ModelProto, layout: str) -> None:
 @pytest.mark.parametrize("layout", ["nchw", "nhwc"])
 def test_uint8_input_graphs_obey_the_rules(engines_dir: Path, layout: str):
     """The uint8-input variants of every graph TensorRT gets: the same rules, plus a well-formed prelude."""
-    from ghostedge.export import read_onnx_info
+    from ghostedge.card import read_onnx_card
     from ghostedge.input_uint8 import uint8_input
 
     fp32 = onnx.load(str(engines_dir / "ghostnet.onnx"))
     int8 = onnx.load(str(engines_dir / "ghostnet.int8.onnx"))
-    pre = read_onnx_info(fp32).preprocess
+    pre = read_onnx_card(fp32).preprocess
     for m, targets, f16 in ((fp32, ("8.6", "10.x"), False), (int8, ("8.6", "10.x"), False),
                             (fp16_onnx(fp32), ("10.x", "11.x"), True), (fp16_onnx(int8), ("10.x", "11.x"), True)):
         u8 = uint8_input(m, pre, layout)
@@ -117,11 +117,11 @@ def test_uint8_input_graphs_obey_the_rules(engines_dir: Path, layout: str):
 
 
 def test_uint8_prelude_check_catches_what_it_claims(engines_dir: Path):
-    from ghostedge.export import read_onnx_info
+    from ghostedge.card import read_onnx_card
     from ghostedge.input_uint8 import uint8_input
 
     fp32 = onnx.load(str(engines_dir / "ghostnet.onnx"))
-    u8 = uint8_input(fp32, read_onnx_info(fp32).preprocess)
+    u8 = uint8_input(fp32, read_onnx_card(fp32).preprocess)
     with pytest.raises(AssertionError, match="input is not uint8"):
         check_uint8_prelude(fp32, "nchw")
     with pytest.raises(AssertionError, match="channels not where nhwc"):
