@@ -451,7 +451,7 @@ def predict(
                         spec=model_spec(num_classes, preprocess, classes))
     s = run_predict(cfg, emit)
     if as_json:
-        _print_json({**s.to_dict(), "predictions": preds})
+        print_json({**s.to_dict(), "predictions": preds})
     else:
         _say(f"{s.classified} image(s) classified with {Path(s.model).name} ({s.backend}, {s.precision}, input "
              f"{s.input.describe()}, {s.img_size} px)" + (f"; {s.failed} could not be read" if s.failed else ""))
