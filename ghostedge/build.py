@@ -297,15 +297,12 @@ def build_tensorrt(cfg: BuildConfig, say: Callable[[str], None], trt=None, gpu: 
         built_from = out.with_name(out.stem + ".fp16-typed.onnx")
     if cfg.input_format.uint8:
         check_uint8_input(cfg, ver, cache_bytes is not None)
-        model = uint8_input(model, info.preprocess, cfg.input_format.layout)
+        model = uint8_input(model, info.input, cfg.input_format.layout)
         built_from = built_from.with_name(f"{out.stem}{'.fp16-typed' if built_from != src else ''}"
                                           f".{cfg.input_format.layout}-uint8.onnx")
     ws = (cfg.workspace_mib << 20) if cfg.workspace_mib else plat.target.workspace
     s = TrtBuildSettings(precision=cfg.precision.value, batch=batch, img_size=img, layout=cfg.input_format.layout,
-                         workspace=ws,
-                         dla_core=cfg.dla_core, gpu_fallback=cfg.gpu_fallback, timing_cache=cfg.timing_cache,
-                         opt_level=cfg.opt_level, hardware_compat=cfg.hardware_compat,
-                         version_compatible=cfg.version_compatible, calib_cache=cache_bytes,
+                         workspace=ws, calib_cache=cache_bytes, **cfg.trt_options(),
                          warn=lambda m: say(f"warning: {m}"))
     say(f"building with TensorRT {trt.__version__} ({'strongly' if strong else 'weakly'} typed) for "
         f"{plat.target.description}")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from . import __version__
 from .backends.common import Backend, Frontend, Precision
+from .backends.tensorrt.builder import TrtOptions
 from .errors import GhostedgeError
 from .card import ModelCard, read_onnx_card
 from .manifest import cpu_name, file_sha256
@@ -19,8 +20,11 @@ from .input_uint8 import FLOAT32, InputFormat, record_format
 from .quantize import FP32_NAME, INT8_NAME, RECORD_NAME
 from .record import CalibrationRecord
 
+
 @dataclass
-class BuildConfig:
+class BuildConfig(TrtOptions):
+    """What one build is asked for (TrtOptions: the TensorRT builder's own options, keyword-only)."""
+
     engines: Path = Path("engines")
     precision: Precision = Precision.int8
     backend: Backend = Backend.auto
@@ -28,12 +32,6 @@ class BuildConfig:
     batch: tuple[int, int, int] | None = None   # None: 1:8:32, or a static DLA_BATCH for DLA
     img_size: int | None = None
     workspace_mib: int | None = None
-    dla_core: int | None = None
-    gpu_fallback: bool = False
-    timing_cache: Path | None = None
-    opt_level: int | None = None
-    hardware_compat: bool = False
-    version_compatible: bool = False
     calib_cache: Path | None = None
     out: Path | None = None
     frontend: Frontend = Frontend.onnx

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -12,20 +12,31 @@ from ...errors import GhostedgeError, write_bytes_atomic
 from .logger import make_logger
 from .version import TRT86_FEATURES, check_dla_request, has_flag, use_strong_typing, version_tuple
 
-@dataclass
-class TrtBuildSettings:
-    img_size: int                           # the model card's input size (or the build's own)
-    layout: str = "nchw"                     # nhwc: a uint8-input engine taking [N, H, W, 3] pixels
-    precision: str = "fp16"                 # fp32 | fp16 | int8
-    input_name: str = "input"
-    batch: tuple[int, int, int] = (1, 8, 32)
-    workspace: int | None = None             # bytes
+@dataclass(kw_only=True)
+class TrtOptions:
+    """The TensorRT builder options a user sets: part of the build's settings (build_common.BuildConfig) and,
+    as they are, of the builder's (TrtBuildSettings)."""
+
     dla_core: int | None = None
     gpu_fallback: bool = False
     timing_cache: Path | None = None
     opt_level: int | None = None
     hardware_compat: bool = False
     version_compatible: bool = False
+
+    def trt_options(self) -> dict[str, Any]:
+        """These options as keyword arguments (for a TrtBuildSettings)."""
+        return {f.name: getattr(self, f.name) for f in fields(TrtOptions)}
+
+
+@dataclass
+class TrtBuildSettings(TrtOptions):
+    img_size: int                           # the model card's input size (or the build's own)
+    layout: str = "nchw"                     # nhwc: a uint8-input engine taking [N, H, W, 3] pixels
+    precision: str = "fp16"                 # fp32 | fp16 | int8
+    input_name: str = "input"
+    batch: tuple[int, int, int] = (1, 8, 32)
+    workspace: int | None = None             # bytes
     calib_cache: bytes | None = None         # legacy cache content: implicit INT8 (TensorRT < 11)
     warn: Any = None                          # callable(str) for warnings (timing cache)
 
