@@ -20,7 +20,7 @@ import torch.nn as nn
 
 from .card import InputSpec, ModelCard, parse_preprocess
 from .errors import GhostedgeError, atomic_path
-from .model import ARCHITECTURES, Architecture, architecture, count_macs, count_params
+from .model import ARCHITECTURES, Architecture, architecture, count_macs, count_params, parse_timm_name, recognise
 
 # --------------------------------------------------------------------------------------------
 # Checkpoints
@@ -103,11 +103,12 @@ def _mismatch_message(path: Path, model: nn.Module, sd: dict[str, torch.Tensor])
     if unexpected:
         parts.append(f"unexpected keys ({len(unexpected)}): " + ", ".join(unexpected[:5])
                      + (" ..." if len(unexpected) > 5 else ""))
-    hint = "pass the matching --width / --num-classes, or a GhostNet checkpoint"
+    hint = "pass the matching --width / --num-classes, or a GhostNet (V1, V2 or V3) checkpoint"
     cls = [s for s in shapes if s[0] == "classifier.weight"]
     if cls and all(s[0].startswith("classifier.") for s in shapes) and not missing and not unexpected:
         hint = f"pass --num-classes {cls[0][1][0]}"
-    return f"{path} does not fit GhostNet {model.width}x/{model.num_classes} classes: " + \
+    name = FAMILY_NAMES.get(getattr(model, "family", "ghostnet"), "GhostNet")
+    return f"{path} does not fit {name} {model.width}x/{model.num_classes} classes: " + \
         "; ".join(parts) + f": {hint}"
 
 
@@ -183,6 +184,7 @@ class Description:
     classes: list[str] | None = None
     num_classes: int | None = None
     width: float | None = None
+    family: str | None = None
 
 
 def read_description(path: Path) -> Description:
@@ -216,9 +218,13 @@ def read_description(path: Path) -> Description:
         classes = d["label_names"]
     elif isinstance(d.get("id2label"), dict):              # Hugging Face configs
         classes = [d["id2label"][k] for k in sorted(d["id2label"], key=lambda k: int(k))]
-    n, width = d.get("num_classes"), d.get("width")
+    n, width, family = d.get("num_classes"), d.get("width"), d.get("family")
+    named = parse_timm_name(d.get("architecture") or cfg.get("architecture") or "")
+    if named is not None:    # a timm / hub config.json: "architecture": "ghostnetv2_100"
+        family, width = family or named[0], width if width is not None else named[1]
     return Description(path, pre, [str(c) for c in classes] if classes is not None else None,
-                       int(n) if n is not None else None, float(width) if width is not None else None)
+                       int(n) if n is not None else None, float(width) if width is not None else None,
+                       str(family) if family is not None else None)
 
 
 def _apply_classes(info: ModelCard, names: list[str], what: str) -> None:
@@ -286,12 +292,23 @@ def check_weights(sd: dict[str, torch.Tensor], path: Path) -> None:
                              + ": a variance must be positive; the checkpoint is corrupted or was edited")
 
 
-def architecture_of(sd: dict[str, torch.Tensor], card: ModelCard | None) -> Architecture:
-    """The architecture a card names, else the first that recognises the state dict (GhostNet V1 when none
-    does, so a foreign file gets GhostNet's mismatch message)."""
-    if card is not None:
-        return architecture(card.family)
-    return next((a for a in ARCHITECTURES.values() if a.recognise(sd)), ARCHITECTURES["ghostnet"])
+#: the families' names in messages
+FAMILY_NAMES = {"ghostnet": "GhostNet", "ghostnetv2": "GhostNetV2", "ghostnetv3": "GhostNetV3"}
+
+
+def architecture_of(sd: dict[str, torch.Tensor], card: ModelCard | None, sidecar: Description | None = None,
+                    path: Path | None = None) -> Architecture:
+    """The architecture whose key layout the state dict has (GhostNet V1 when none has, so a foreign file gets
+    GhostNet's mismatch message); the family a card or a description names must be that one."""
+    keyed = recognise(sd)
+    said, by = (sidecar.family, sidecar.path) if sidecar is not None and sidecar.family else \
+        ((card.family, "its metadata") if card is not None else (None, None))
+    if keyed is None:
+        return architecture(said) if said else ARCHITECTURES["ghostnet"]
+    if said and said != keyed.family:
+        raise GhostedgeError(f"{path} has the key layout of {keyed.family}, but {by} says {said}: fix the "
+                             "description's architecture, or pass the checkpoint it describes")
+    return keyed
 
 
 def load_model(weights: str | Path | None = None, num_classes: int | None = None,
@@ -308,10 +325,10 @@ def load_model(weights: str | Path | None = None, num_classes: int | None = None
         num_classes = spec.num_classes
     sd, meta = read_checkpoint(path)
     info = ModelCard.from_dict(meta) if meta else None
-    arch = architecture_of(sd, info)
-    sd = arch.filter_state_dict(sd)
     side_path = find_sidecar(path) if weights is not None else None
     sidecar = read_description(side_path) if side_path is not None else None
+    arch = architecture_of(sd, info, sidecar, path)
+    sd = arch.filter_state_dict(sd)
     if info is None:  # an official / foreign checkpoint: infer width and classes
         cls_w = sd.get("classifier.weight")
         info = ModelCard(family=arch.family, width=(sidecar and sidecar.width) or arch.guess_width(sd),
@@ -320,6 +337,7 @@ def load_model(weights: str | Path | None = None, num_classes: int | None = None
         if info.num_classes == 1000:
             info.classes, info.wnids = imagenet_classes()
         info.source = str(path)
+    info.family, info.reparameterized = arch.family, False
     if width is not None:
         info.width = width
     if num_classes is not None and num_classes != info.num_classes:
@@ -339,9 +357,14 @@ def load_model(weights: str | Path | None = None, num_classes: int | None = None
     info = describe(info, spec, sidecar)
     if not info.classes:
         info.classes = [str(i) for i in range(info.num_classes)]
-    info.fingerprint = weights_fingerprint(model.state_dict())
+    if info.input.input_size < arch.min_input:
+        raise GhostedgeError(f"input size {info.input.input_size} is too small for {arch.family}: its attention "
+                             f"stages need at least {arch.min_input} px (fix size= in --preprocess or the sidecar)")
+    info.fingerprint = weights_fingerprint(model.state_dict())   # of the weights as stored, before for_deploy
     info.source = f"reference ({path.name})" if weights is None else str(path)
-    return model, info
+    deployed = arch.for_deploy(model)
+    info.reparameterized = deployed is not model
+    return deployed, info
 
 
 def check_against(stored: ModelCard, spec: ModelSpec | None, what: str) -> None:
@@ -387,6 +410,7 @@ def model_summary(model: nn.Module, info: ModelCard, img_size: int | None = None
     return {
         "arch": info.family,
         "width": info.width,
+        "reparameterized": info.reparameterized,
         "num_classes": info.num_classes,
         "params": count_params(model),
         "macs": count_macs(model, size),

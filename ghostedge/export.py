@@ -17,6 +17,7 @@ import onnx
 import torch
 import torch.nn as nn
 
+from .arch.ghostnetv2 import bind_input_size
 from .backends.onnxruntime import ort_session  # noqa: F401 (calibrate, estimate, quantize open sessions with it)
 from .errors import CheckFailed, GhostedgeError, atomic_path
 from .card import ModelCard, read_onnx_card, write_onnx_card
@@ -127,13 +128,17 @@ def unshare_initializers(proto: onnx.ModelProto) -> None:
 def to_onnx_proto(model: GhostNet, info: ModelCard, img_size: int | None = None) -> onnx.ModelProto:
     size = img_size or info.input.input_size
     folded = fold_batchnorm(model)
+    try:  # V2 / V3's attention gates: a constant-scale Resize for this input size, the graph fixed to it
+        fixed = bind_input_size(folded, size)
+    except ValueError as e:
+        raise GhostedgeError(f"cannot export at {size} px: {e}: use a larger input size") from None
     dummy = torch.randn(1, 3, size, size)
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(folded, (dummy,), buf, dynamo=False, opset_version=OPSET,
                           input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], do_constant_folding=True,
-                          dynamic_axes={INPUT_NAME: {0: "batch", 2: "height", 3: "width"},
+                          dynamic_axes={INPUT_NAME: {0: "batch"} if fixed else {0: "batch", 2: "height", 3: "width"},
                                         OUTPUT_NAME: {0: "batch"}})
     proto = onnx.load_from_string(buf.getvalue())
     constants_to_initializers(proto)
@@ -189,6 +194,11 @@ def onnx_is_current(path: str | Path, info: ModelCard) -> bool:
         and stored.wnids == info.wnids and stored.input.same_as(info.input)
 
 
+def resize_parameters(model: onnx.ModelProto) -> set[str]:
+    """The roi / scales inputs of the Resize nodes (V2's attention gates), which stay FP32 in an FP16 graph."""
+    return {t for n in model.graph.node if n.op_type == "Resize" for t in n.input[1:3] if t}
+
+
 def fp16_onnx(model: onnx.ModelProto) -> onnx.ModelProto:
     """An FP16-typed copy for strongly typed TensorRT builds: weights and activations FP16, I/O FP32.
 
@@ -201,8 +211,9 @@ def fp16_onnx(model: onnx.ModelProto) -> onnx.ModelProto:
     m.CopyFrom(model)
     g = m.graph
     scales = {n.input[1] for n in g.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")}
+    keep = resize_parameters(m)   # a Resize's roi / scales are tensor(float) in every opset: not activations
     for i, init in enumerate(g.initializer):
-        if init.data_type == onnx.TensorProto.FLOAT:
+        if init.data_type == onnx.TensorProto.FLOAT and init.name not in keep:
             arr = numpy_helper.to_array(init).astype(np.float16)
             if init.name in scales:
                 # TensorRT needs strictly positive scales; a dead channel's scale (1e-8/127 in FP32) would

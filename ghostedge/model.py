@@ -1,195 +1,29 @@
-"""GhostNet: More Features from Cheap Operations (Han et al., CVPR 2020).
+"""The GhostNet family (V1, V2, V3) as data: which architectures exist and how each is built, recognised
+from a state dict, renamed from foreign checkpoints and prepared for deployment (like timm's ``default_cfgs``
+and ``checkpoint_filter_fn``); public entry points; counting.
 
-https://arxiv.org/abs/1911.11907 -- layer for layer as the official huawei-noah code, with the same
-state-dict key names as its checkpoint and timm's ``ghostnet_100``, so those load with strict=True.
-
-Only the architecture lives here. Order: blocks, model, builder, the architectures as data
-(``ARCHITECTURES``, like timm's ``default_cfgs``), public entry points, counting. Reading checkpoints and
-their descriptions is ``checkpoint.py``; what travels with the weights is ``card.py``.
+The networks live in ``arch/``: V1 layer for layer as the official huawei-noah code (``arch/ghostnet.py``),
+V2 and V3 as timm's ``timm/models/ghostnet.py`` (``arch/ghostnetv2.py``, ``arch/ghostnetv3.py``), all with
+the key names of those checkpoints, so they load with strict=True. Reading checkpoints and their descriptions
+is ``checkpoint.py``; what travels with the weights is ``card.py``.
 """
 
 from __future__ import annotations
 
-import math
+import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
+from .arch.ghostnet import (GHOSTNET_CFGS, WIDTHS, ConvBnAct, GhostBottleneck, GhostModule,  # noqa: F401
+                            GhostNet, SqueezeExcite, hard_sigmoid, make_divisible)
+from .arch.ghostnetv2 import WIDTHS_V2, ghostnetv2
+from .arch.ghostnetv3 import WIDTHS_V3, ghostnetv3, reparameterize
 from .errors import GhostedgeError
 
-
-def make_divisible(v: float, divisor: int = 4, min_value: int | None = None) -> int:
-    """Round ``v`` to a multiple of ``divisor`` without going more than 10% below it."""
-    min_value = min_value or divisor
-    new_v = max(min_value, int(v + divisor / 2) // divisor * divisor)
-    if new_v < 0.9 * v:
-        new_v += divisor
-    return new_v
-
-
-def hard_sigmoid(x: torch.Tensor) -> torch.Tensor:
-    """relu6(x + 3) / 6, the paper's gate; F.hardsigmoid is the same function and exports as one
-    ONNX HardSigmoid node (which TensorRT and ONNX Runtime run as one activation)."""
-    return F.hardsigmoid(x)
-
-
-class SqueezeExcite(nn.Module):
-    def __init__(self, in_chs: int, se_ratio: float = 0.25, divisor: int = 4):
-        super().__init__()
-        reduced_chs = make_divisible(in_chs * se_ratio, divisor)
-        self.avg_pool = nn.AdaptiveAvgPool2d(1)
-        self.conv_reduce = nn.Conv2d(in_chs, reduced_chs, 1, bias=True)
-        self.act1 = nn.ReLU(inplace=True)
-        self.conv_expand = nn.Conv2d(reduced_chs, in_chs, 1, bias=True)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x_se = self.avg_pool(x)
-        x_se = self.act1(self.conv_reduce(x_se))
-        x_se = self.conv_expand(x_se)
-        return x * hard_sigmoid(x_se)
-
-
-class ConvBnAct(nn.Module):
-    def __init__(self, in_chs: int, out_chs: int, kernel_size: int, stride: int = 1):
-        super().__init__()
-        self.conv = nn.Conv2d(in_chs, out_chs, kernel_size, stride, kernel_size // 2, bias=False)
-        self.bn1 = nn.BatchNorm2d(out_chs)
-        self.act1 = nn.ReLU(inplace=True)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act1(self.bn1(self.conv(x)))
-
-
-class GhostModule(nn.Module):
-    """ceil(n/s) intrinsic maps from a primary conv, the rest from a cheap depthwise op."""
-
-    def __init__(self, inp: int, oup: int, kernel_size: int = 1, ratio: int = 2, dw_size: int = 3,
-                 stride: int = 1, relu: bool = True):
-        super().__init__()
-        self.oup = oup
-        init_channels = math.ceil(oup / ratio)
-        new_channels = init_channels * (ratio - 1)
-        self.primary_conv = nn.Sequential(
-            nn.Conv2d(inp, init_channels, kernel_size, stride, kernel_size // 2, bias=False),
-            nn.BatchNorm2d(init_channels),
-            nn.ReLU(inplace=True) if relu else nn.Sequential(),
-        )
-        self.cheap_operation = nn.Sequential(
-            nn.Conv2d(init_channels, new_channels, dw_size, 1, dw_size // 2, groups=init_channels,
-                      bias=False),
-            nn.BatchNorm2d(new_channels),
-            nn.ReLU(inplace=True) if relu else nn.Sequential(),
-        )
-        # The slice is a no-op when the concat already has oup channels; leaving it out keeps the
-        # exported graph free of a Slice between the Concat and its consumer.
-        self._slice = init_channels + new_channels != oup
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x1 = self.primary_conv(x)
-        x2 = self.cheap_operation(x1)
-        out = torch.cat([x1, x2], dim=1)
-        return out[:, : self.oup] if self._slice else out
-
-
-class GhostBottleneck(nn.Module):
-    def __init__(self, in_chs: int, mid_chs: int, out_chs: int, dw_kernel_size: int = 3,
-                 stride: int = 1, se_ratio: float = 0.0):
-        super().__init__()
-        self.stride = stride
-        self.ghost1 = GhostModule(in_chs, mid_chs, relu=True)
-        if stride > 1:
-            self.conv_dw = nn.Conv2d(mid_chs, mid_chs, dw_kernel_size, stride=stride,
-                                     padding=(dw_kernel_size - 1) // 2, groups=mid_chs, bias=False)
-            self.bn_dw = nn.BatchNorm2d(mid_chs)
-        self.se = SqueezeExcite(mid_chs, se_ratio=se_ratio) if se_ratio and se_ratio > 0 else None
-        self.ghost2 = GhostModule(mid_chs, out_chs, relu=False)
-        if in_chs == out_chs and stride == 1:
-            self.shortcut = nn.Sequential()
-        else:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(in_chs, in_chs, dw_kernel_size, stride=stride,
-                          padding=(dw_kernel_size - 1) // 2, groups=in_chs, bias=False),
-                nn.BatchNorm2d(in_chs),
-                nn.Conv2d(in_chs, out_chs, 1, stride=1, padding=0, bias=False),
-                nn.BatchNorm2d(out_chs),
-            )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        residual = x
-        x = self.ghost1(x)
-        if self.stride > 1:
-            x = self.bn_dw(self.conv_dw(x))
-        if self.se is not None:
-            x = self.se(x)
-        x = self.ghost2(x)
-        return x + self.shortcut(residual)
-
-
-# k, exp, c, se_ratio, s  -- Table 1 of the paper, grouped into the official code's stages
-GHOSTNET_CFGS: tuple = (
-    ((3, 16, 16, 0, 1),),
-    ((3, 48, 24, 0, 2),),
-    ((3, 72, 24, 0, 1),),
-    ((5, 72, 40, 0.25, 2),),
-    ((5, 120, 40, 0.25, 1),),
-    ((3, 240, 80, 0, 2),),
-    ((3, 200, 80, 0, 1), (3, 184, 80, 0, 1), (3, 184, 80, 0, 1), (3, 480, 112, 0.25, 1),
-     (3, 672, 112, 0.25, 1)),
-    ((5, 672, 160, 0.25, 2),),
-    ((5, 960, 160, 0, 1), (5, 960, 160, 0.25, 1), (5, 960, 160, 0, 1), (5, 960, 160, 0.25, 1)),
-)
-
-WIDTHS = (0.5, 1.0, 1.3)
-
-
-class GhostNet(nn.Module):
-    def __init__(self, num_classes: int = 1000, width: float = 1.0, dropout: float = 0.2,
-                 cfgs: tuple = GHOSTNET_CFGS):
-        super().__init__()
-        self.num_classes = num_classes
-        self.width = width
-        self.dropout = dropout
-        output_channel = make_divisible(16 * width, 4)
-        self.conv_stem = nn.Conv2d(3, output_channel, 3, 2, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(output_channel)
-        self.act1 = nn.ReLU(inplace=True)
-        input_channel = output_channel
-        stages: list[nn.Module] = []
-        exp_size = 16
-        for cfg in cfgs:
-            layers = []
-            for k, exp_size, c, se_ratio, s in cfg:
-                output_channel = make_divisible(c * width, 4)
-                hidden_channel = make_divisible(exp_size * width, 4)
-                layers.append(GhostBottleneck(input_channel, hidden_channel, output_channel, k, s,
-                                              se_ratio=se_ratio))
-                input_channel = output_channel
-            stages.append(nn.Sequential(*layers))
-        output_channel = make_divisible(exp_size * width, 4)
-        stages.append(nn.Sequential(ConvBnAct(input_channel, output_channel, 1)))
-        self.blocks = nn.Sequential(*stages)
-        self.num_features = 1280
-        self.global_pool = nn.AdaptiveAvgPool2d((1, 1))
-        self.conv_head = nn.Conv2d(output_channel, self.num_features, 1, 1, 0, bias=True)
-        self.act2 = nn.ReLU(inplace=True)
-        self.classifier = nn.Linear(self.num_features, num_classes)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.act1(self.bn1(self.conv_stem(x)))
-        return self.blocks(x)
-
-    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.act2(self.conv_head(self.global_pool(x)))
-        x = torch.flatten(x, 1)
-        if self.dropout > 0.0:
-            x = F.dropout(x, p=self.dropout, training=self.training)
-        return self.classifier(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
+State = dict[str, torch.Tensor]
 
 
 def ghostnet(width: float = 1.0, num_classes: int = 1000, dropout: float = 0.2) -> GhostNet:
@@ -198,27 +32,61 @@ def ghostnet(width: float = 1.0, num_classes: int = 1000, dropout: float = 0.2) 
     return GhostNet(num_classes=num_classes, width=width, dropout=dropout)
 
 
-def guess_width(sd: dict[str, torch.Tensor]) -> float:
-    """The width multiplier of a GhostNet state dict, from its stem and head channels (1.0 if unknown)."""
-    stem = sd.get("conv_stem.weight")
-    head = sd.get("blocks.9.0.conv.weight")
-    if stem is None or head is None:
-        return 1.0
-    for w in WIDTHS:
-        if make_divisible(16 * w, 4) == stem.shape[0] and make_divisible(960 * w, 4) == head.shape[0]:
-            return w
-    return 1.0
+#: thop's profiling counters, saved into the official V2 / V3 checkpoints beside every module
+_THOP = ("total_ops", "total_params")
+_OFFICIAL_BN = re.compile(r"\.bn\.")
+_TIMM_NAME = re.compile(r"^(ghostnet(?:v[23])?)_(\d{3})(?:\.|$)")
 
 
-def _recognise_v1(sd: dict[str, torch.Tensor]) -> bool:
+def filter_state_dict(sd: State) -> State:
+    """Foreign key names -> ours, as timm's ``checkpoint_filter_fn``: a DataParallel ``module.`` prefix off, thop's
+    ``total_ops`` / ``total_params`` dropped, and the official V3 checkpoints' branch BatchNorms (``.bn.`` inside
+    ``ghost*`` and ``dw_rpr_*``) renamed to timm's ``.bn1.`` (V1 and V2 keys are timm's already)."""
+    if sd and all(k.startswith("module.") for k in sd):
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    out = {}
+    for k, v in sd.items():
+        if k.rsplit(".", 1)[-1] in _THOP:
+            continue
+        if ".ghost" in k or ".dw_rpr_" in k:
+            k = _OFFICIAL_BN.sub(".bn1.", k)
+        out[k] = v
+    return out
+
+
+def _is_ghostnet(sd: State) -> bool:
     return "conv_stem.weight" in sd and "blocks.9.0.conv.weight" in sd
 
 
-def _filter_v1(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The official and timm checkpoints use this module's key names; only a DataParallel prefix goes."""
-    if sd and all(k.startswith("module.") for k in sd):
-        sd = {k[len("module."):]: v for k, v in sd.items()}
-    return sd
+def _is_v3(sd: State) -> bool:
+    return _is_ghostnet(sd) and any("_rpr_" in k for k in sd)
+
+
+def _is_v2(sd: State) -> bool:
+    return _is_ghostnet(sd) and not _is_v3(sd) and any(".short_conv." in k for k in sd)
+
+
+def _is_v1(sd: State) -> bool:
+    return _is_ghostnet(sd) and not _is_v2(sd) and not _is_v3(sd)
+
+
+def _guess_width(widths: tuple[float, ...]) -> Callable[[State], float]:
+    def guess(sd: State) -> float:
+        """The width multiplier of a state dict, from its stem and head channels (1.0 if unknown)."""
+        stem = sd.get("conv_stem.weight")
+        head = sd.get("blocks.9.0.conv.weight")
+        if stem is None or head is None:
+            return 1.0
+        for w in widths:
+            if make_divisible(16 * w, 4) == stem.shape[0] and make_divisible(960 * w, 4) == head.shape[0]:
+                return w
+        return 1.0
+    return guess
+
+
+#: V1's width guess (its widths)
+guess_width = _guess_width(WIDTHS)
+ALL_WIDTHS = tuple(sorted(set(WIDTHS + WIDTHS_V2 + WIDTHS_V3)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -232,14 +100,20 @@ class Architecture:
     family: str
     widths: tuple[float, ...]
     build: Callable[[float, int, float], nn.Module]                      # (width, num_classes, dropout)
-    recognise: Callable[[dict[str, torch.Tensor]], bool]                 # a state dict of this family?
-    guess_width: Callable[[dict[str, torch.Tensor]], float]
-    filter_state_dict: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]  # foreign key names -> ours
-    for_deploy: Callable[[nn.Module], nn.Module] = lambda m: m           # re-parameterisation (identity: V1)
+    recognise: Callable[[State], bool]                                   # a state dict of this family?
+    guess_width: Callable[[State], float]
+    filter_state_dict: Callable[[State], State]                          # foreign key names -> ours
+    for_deploy: Callable[[nn.Module], nn.Module] = lambda m: m           # re-parameterization (identity: V1, V2)
+    #: the smallest square input every stage runs at (V2 / V3: the last attention stage, at 1/32, needs 2x2)
+    min_input: int = 32
 
 
 ARCHITECTURES: dict[str, Architecture] = {
-    "ghostnet": Architecture("ghostnet", WIDTHS, ghostnet, _recognise_v1, guess_width, _filter_v1),
+    "ghostnet": Architecture("ghostnet", WIDTHS, ghostnet, _is_v1, guess_width, filter_state_dict),
+    "ghostnetv2": Architecture("ghostnetv2", WIDTHS_V2, ghostnetv2, _is_v2, _guess_width(ALL_WIDTHS),
+                               filter_state_dict, min_input=64),
+    "ghostnetv3": Architecture("ghostnetv3", WIDTHS_V3, ghostnetv3, _is_v3, _guess_width(ALL_WIDTHS),
+                               filter_state_dict, for_deploy=reparameterize, min_input=64),
 }
 
 
@@ -247,6 +121,18 @@ def architecture(family: str) -> Architecture:
     if family not in ARCHITECTURES:
         raise GhostedgeError(f"model family {family!r} is unknown: this ghostedge knows {', '.join(ARCHITECTURES)}")
     return ARCHITECTURES[family]
+
+
+def recognise(sd: State) -> Architecture | None:
+    """The family whose key layout the (filtered) state dict has: V3 has re-parameterizable branches, V2 DFC
+    branches; None for a state dict of none of them."""
+    return next((a for a in ARCHITECTURES.values() if a.recognise(sd)), None)
+
+
+def parse_timm_name(name: str) -> tuple[str, float] | None:
+    """('ghostnetv2', 1.0) for timm's 'ghostnetv2_100' (a hub config.json / pretrained_cfg ``architecture``)."""
+    m = _TIMM_NAME.match(str(name))
+    return (m.group(1), int(m.group(2)) / 100) if m else None
 
 
 def ghostnet_050(**kw: Any) -> GhostNet:

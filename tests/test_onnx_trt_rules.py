@@ -10,7 +10,10 @@ Rules (onnx-tensorrt's operator support notes and TensorRT's "Working with quant
 - zero points are 0 and int8 (symmetric);
 - per-channel Q/DQ (a scale vector) names its axis explicitly; per-tensor ones have a scalar scale;
 - in a strongly typed (FP16) graph no FP32 tensor meets an FP16 one: strict ONNX type inference passes
-  and every float tensor between the two Casts is FP16;
+  and every float tensor between the two Casts is FP16 (but a Resize's roi / scales, which ONNX types
+  tensor(float) in every opset: parameters, not activations);
+- Resize (GhostNetV2 / V3's attention gate): nearest, asymmetric, floor, with constant scales and no
+  shape-computed sizes: the form every parser from 8.5 on imports as a static IResizeLayer;
 - a uint8-input graph (``build --input uint8``; TensorRT 8.6+ casts uint8) has its uint8 input feed only a
   Cast to float, then the mean/std as constant Sub/Mul, before and outside every Q/DQ pair.
 """
@@ -25,7 +28,7 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from ghostedge.export import FP16_MIN_NORMAL, fp16_onnx
+from ghostedge.export import FP16_MIN_NORMAL, fp16_onnx, resize_parameters
 
 from .conftest import tiny_ghostnet
 
@@ -61,13 +64,23 @@ def check_trt_rules(m: onnx.ModelProto, targets: tuple[str, ...], fp16_typed: bo
             assert axis is not None, f"{n.name}: per-channel Q/DQ without an explicit axis"
         else:
             assert scale.ndim == 0, f"{n.name}: per-tensor scale must be a scalar"
+    for n in m.graph.node:
+        if n.op_type != "Resize":
+            continue
+        attrs = {a.name: (a.s.decode() if a.type == onnx.AttributeProto.STRING else a.i) for a in n.attribute}
+        assert attrs.get("mode") == "nearest" and attrs.get("coordinate_transformation_mode") == "asymmetric" \
+            and attrs.get("nearest_mode") == "floor", f"{n.name}: not PyTorch's nearest ({attrs})"
+        assert len(n.input) >= 3 and n.input[2] in inits and (len(n.input) < 4 or not n.input[3]), \
+            f"{n.name}: scales must be a constant initializer, sizes absent (no shape-computed resize)"
+        assert inits[n.input[2]].dtype == np.float32 and (inits[n.input[2]] > 0).all(), n.name
     if fp16_typed:
         inferred = onnx.shape_inference.infer_shapes(m, check_type=True, strict_mode=True)
         types = {v.name: v.type.tensor_type.elem_type for v in
                  list(inferred.graph.value_info) + list(inferred.graph.output) + list(inferred.graph.input)}
         types.update({t.name: t.data_type for t in m.graph.initializer})
         inp, outp = m.graph.input[0].name, m.graph.output[0].name
-        float32 = [k for k, v in types.items() if v == onnx.TensorProto.FLOAT and k not in (inp, outp)]
+        params = resize_parameters(m)
+        float32 = [k for k, v in types.items() if v == onnx.TensorProto.FLOAT and k not in (inp, outp, *params)]
         assert not float32, f"FP32 tensors inside a strongly typed FP16 graph: {float32[:5]}"
 
 
@@ -182,3 +195,53 @@ def test_checker_catches_what_it_claims(engines_dir: Path):
         check_trt_rules(bad, ("10.x",), fp16_typed=True)
     with pytest.raises(AssertionError, match="opset 19"):
         check_trt_rules(int8, ("8.6",), fp16_typed=True)
+
+
+@pytest.fixture(scope="module", params=["ghostnetv2", "ghostnetv3"])
+def v2v3_engines(request, tmp_path_factory: pytest.TempPathFactory, image_folder: Path) -> tuple[str, Path]:
+    """`ghostedge quantize` on a random 0.5x GhostNetV2 / V3 (3 classes, 64 px: the smallest size whose last
+    attention stage is 2x2) with non-trivial BN statistics."""
+    from ghostedge.card import InputSpec, ModelCard
+    from ghostedge.checkpoint import save_checkpoint
+    from ghostedge.model import architecture
+    from ghostedge.quantize import QuantizeConfig, quantize
+
+    from .test_ghostnet_v2v3 import randomise
+
+    name = request.param
+    torch.manual_seed(0)
+    m = randomise(architecture(name).build(0.5, 3))
+    d = tmp_path_factory.mktemp(name)
+    w = d / f"{name}.safetensors"
+    save_checkpoint(m, ModelCard(family=name, width=0.5, num_classes=3, input=InputSpec(input_size=64)), w,
+                    half=False)
+    quantize(QuantizeConfig(calib=image_folder, out=d / "e", weights=w, num_images=12, batch=4, holdout=6,
+                            threads=1))
+    return name, d / "e"
+
+
+def test_v2_v3_graphs_obey_the_rules_and_quantize_the_dfc_branch_by_them(v2v3_engines):
+    """The DFC branch (AveragePool -> 1x1 conv -> dw 1x5 -> dw 5x1 -> Sigmoid -> Resize -> Mul) under TensorRT's
+    Q/DQ placement rules: Q/DQ at the input (and weights) of every one of its convs, so they run INT8; none at
+    Sigmoid, Resize or Mul, which have no INT8 benefit in TensorRT's fusions and stay FP16 / FP32 between the
+    quantized convs (a pair there would run as standalone scale layers); AveragePool's input stays float (its
+    output is the next conv's quantized input, TensorRT moves the scale across the pooling itself)."""
+    name, eng = v2v3_engines
+    fp32 = onnx.load(str(eng / "ghostnet.onnx"))
+    int8 = onnx.load(str(eng / "ghostnet.int8.onnx"))
+    check_trt_rules(fp32, ("8.5", "8.6", "10.x"), fp16_typed=False)
+    check_trt_rules(int8, ("8.5", "8.6", "10.x"), fp16_typed=False)
+    check_trt_rules(fp16_onnx(fp32), ("10.x", "11.x"), fp16_typed=True)
+    check_trt_rules(fp16_onnx(int8), ("10.x", "11.x"), fp16_typed=True)
+    producer = {o: n for n in int8.graph.node for o in n.output}
+    dq = lambda t: t in producer and producer[t].op_type == "DequantizeLinear"  # noqa: E731
+    dfc = [n for n in int8.graph.node if "short_conv" in n.name and n.op_type == "Conv"]
+    assert len(dfc) == 14 * 3
+    assert all(dq(n.input[0]) and dq(n.input[1]) for n in dfc)
+    for op in ("Sigmoid", "Resize", "Mul", "AveragePool"):
+        nodes = [n for n in int8.graph.node if n.op_type == op]
+        assert nodes and not any(dq(t) for n in nodes for t in n.input), op
+    q_at = [producer[n.input[0]].op_type for n in int8.graph.node if n.op_type == "QuantizeLinear"
+            and n.input[0] in producer]
+    assert "Sigmoid" not in q_at and "Resize" not in q_at
+    assert not any("_rpr_" in n.name for n in int8.graph.node)      # V3: re-parameterized before export
