@@ -22,6 +22,7 @@ def train(
     out_path: Annotated[Path, typer.Option("--out", help="where the best checkpoint goes")] = Path(
         "runs/ghostnet.safetensors"),
     width: Annotated[float, typer.Option(help="width multiplier (0.5, 1.0, 1.3)")] = 1.0,
+    arch: Annotated[str, typer.Option(help="model family: ghostnet | ghostnetv2 | ghostnetv3")] = "ghostnet",
     img_size: Annotated[int, typer.Option(help="training resolution")] = 128,
     eval_img_size: Annotated[Optional[int], typer.Option(
         help="validation and native (deployment) resolution saved with the model (default: --img-size; "
@@ -43,18 +44,21 @@ def train(
     seed: Annotated[int, typer.Option()] = 0,
     threads: Annotated[int, typer.Option(help="CPU threads (0 = all cores)")] = 0,
     weights: WeightsOpt = None,
+    keep_classifier: Annotated[bool, typer.Option(
+        help="--weights: keep its classifier (same classes in the same order) instead of a new one")] = False,
     resume: Annotated[bool, typer.Option(help="continue from OUT.last.pt")] = False,
     max_train_images: Annotated[int, typer.Option(hidden=True)] = 0,
 ) -> None:
     """Train GhostNet from scratch (or fine-tune from --weights) on an ImageFolder tree."""
     from .train import TrainConfig, train as run_train
 
-    cfg = TrainConfig(data=data, out=out_path, width=width, img_size=img_size, eval_img_size=eval_img_size,
+    cfg = TrainConfig(data=data, out=out_path, width=width, arch=arch, img_size=img_size, eval_img_size=eval_img_size,
                       epochs=epochs, batch=batch,
                       lr=lr, weight_decay=weight_decay, warmup_epochs=warmup_epochs, schedule=schedule,
                       optimizer=optimizer, momentum=momentum, preprocess=preprocess,
                       label_smoothing=label_smoothing, min_scale=min_scale, ema_decay=ema_decay, seed=seed,
-                      threads=threads, weights=weights, resume=resume, max_train_images=max_train_images)
+                      threads=threads, weights=weights, keep_classifier=keep_classifier, resume=resume,
+                      max_train_images=max_train_images)
     rec = run_train(cfg, progress=_say)
     out.print(f"best val top-1 {rec['best_val_top1'] * 100:.2f}% -> {rec['out']} ({rec['seconds'] / 60:.1f} min)")
 
@@ -125,8 +129,9 @@ def info(
     img_size: Annotated[Optional[int], typer.Option(help="input size for the MAC count")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Model summary: width, classes, parameters, MACs, preprocessing, weights source."""
-    from .checkpoint import load_model, model_summary
+    """Model summary: family, width, whether re-parameterized, classes, parameters, MACs, preprocessing,
+    weights source."""
+    from .checkpoint import FAMILY_NAMES, load_model, model_summary
 
     model, mi = load_model(weights, spec=model_spec(num_classes, preprocess, classes))
     s = model_summary(model, mi, img_size)
@@ -135,7 +140,7 @@ def info(
         return
     from rich.table import Table
 
-    t = Table(show_header=False, title="GhostNet")
+    t = Table(show_header=False, title=FAMILY_NAMES.get(mi.family, "GhostNet"))
     shown = dict(s)
     shown["classes"] = f"{len(s['classes'])}: " + ", ".join(s["classes"][:10]) + (" ..." if len(s["classes"]) > 10 else "")
     shown["params"] = f"{s['params']:,}"

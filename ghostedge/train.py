@@ -26,7 +26,7 @@ from .card import InputSpec, ModelCard, parse_preprocess
 from .checkpoint import imagenet_classes, read_checkpoint, save_checkpoint
 from .data import LabelledSet, class_folders, labelled_set, load_images, normalize
 from .errors import GhostedgeError, SettingError, atomic_path
-from .model import ARCHITECTURES, GhostNet
+from .model import GhostNet, architecture
 from .modes import Optimizer, Schedule
 from .state import seeded, torch_threads
 
@@ -36,6 +36,7 @@ class TrainConfig:
     data: Path
     out: Path = Path("runs/ghostnet.safetensors")
     width: float = 1.0
+    arch: str = "ghostnet"           # a family of model.ARCHITECTURES
     img_size: int = 128
     eval_img_size: int | None = None  # native (deployment) resolution; default img_size
     epochs: int = 30
@@ -53,6 +54,7 @@ class TrainConfig:
     seed: int = 0
     threads: int = 0                 # 0 = all cores
     weights: Path | None = None      # fine-tune from this checkpoint (classifier replaced)
+    keep_classifier: bool = False    # ... keeping its classifier (same classes, same order)
     resume: bool = False
     cache_dir: Path | None = None
     max_train_images: int = 0        # 0 = all (tiny runs for tests)
@@ -172,24 +174,30 @@ def _train(cfg: TrainConfig, say: Callable[[str], None], root: Path, train_dir: 
     xtr, ytr = cached_arrays(tr, InputSpec(input_size=store, crop_pct=1.0, interpolation=pre.interpolation), store,
                              cfg.cache_dir, "train")
     xva, yva = cached_arrays(va, pre, pre.input_size, cfg.cache_dir, "val")
-    if cfg.max_train_images:
-        xtr, ytr = xtr[:cfg.max_train_images], ytr[:cfg.max_train_images]
+    if cfg.max_train_images and cfg.max_train_images < len(xtr):
+        # a seeded random subset: the decoded set is in class order, so a prefix would hold the first classes only
+        keep = np.sort(np.random.default_rng(cfg.seed).permutation(len(xtr))[:cfg.max_train_images])
+        xtr, ytr = xtr[keep], ytr[keep]
     if len(xtr) < cfg.batch:
         raise GhostedgeError(f"only {len(xtr)} training images, fewer than --batch {cfg.batch}: "
                              "lower --batch or add images")
     say(f"data: {len(xtr)} train / {len(xva)} val images, {len(folders)} classes, "
         f"decoded in {time.time() - t0:.0f}s")
 
-    arch = ARCHITECTURES["ghostnet"]
+    arch = architecture(cfg.arch)
+    if min(cfg.img_size, pre.input_size) < arch.min_input:
+        raise GhostedgeError(f"{cfg.arch} needs inputs of at least {arch.min_input} px: raise the training / "
+                             "evaluation size")
     model: GhostNet = arch.build(cfg.width, len(folders), 0.2)
     source = "random init"
     if cfg.weights:
         sd, _ = read_checkpoint(cfg.weights)
-        sd = {k: v.float() for k, v in arch.filter_state_dict(sd).items() if not k.startswith("classifier.")}
+        sd = {k: v.float() for k, v in arch.filter_state_dict(sd).items()
+              if cfg.keep_classifier or not k.startswith("classifier.")}
         missing, unexpected = model.load_state_dict(sd, strict=False)
-        bad = [k for k in missing if not k.startswith("classifier.")] + list(unexpected)
+        bad = [k for k in missing if cfg.keep_classifier or not k.startswith("classifier.")] + list(unexpected)
         if bad:
-            raise GhostedgeError(f"{cfg.weights} does not fit GhostNet {cfg.width}x ({', '.join(bad[:4])}): "
+            raise GhostedgeError(f"{cfg.weights} does not fit {cfg.arch} {cfg.width}x ({', '.join(bad[:4])}): "
                                  "pass the matching --width")
         source = f"fine-tuned from {Path(cfg.weights).name}"
     model = model.to(memory_format=torch.channels_last)
@@ -216,7 +224,7 @@ def _train(cfg: TrainConfig, say: Callable[[str], None], root: Path, train_dir: 
         say(f"resumed after epoch {start_epoch} (best val top-1 {best:.4f})")
 
     command = "ghostedge " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv else ""
-    info = ModelCard(width=cfg.width, num_classes=len(folders), classes=classes, wnids=wnids,
+    info = ModelCard(family=cfg.arch, width=cfg.width, num_classes=len(folders), classes=classes, wnids=wnids,
                      input=pre, source=str(cfg.out))
     t_start = time.time()
     for epoch in range(start_epoch, cfg.epochs):

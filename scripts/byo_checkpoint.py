@@ -31,9 +31,12 @@ def main() -> None:
         sys.exit(f"{a.src} carries no ghostedge metadata to describe")
     a.dst.parent.mkdir(parents=True, exist_ok=True)
     torch.save({k: v.half() if v.is_floating_point() else v for k, v in sd.items()}, a.dst)
-    pre = ModelCard.from_dict(meta).input
+    card = ModelCard.from_dict(meta)
+    pre = card.input
     side = {"input_size": pre.input_size, "resize": pre.resize, "interpolation": pre.interpolation,
             "mean": list(pre.mean), "std": list(pre.std)}
+    if card.family != "ghostnet":   # timm's name, as a hub config.json gives it
+        side["architecture"] = f"{card.family}_{round(100 * card.width):03d}"
     if not a.unnamed:
         side["classes"] = meta.get("wnids") or meta["classes"]
     extra = meta.get("extra", {})

@@ -21,8 +21,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ghostedge.checkpoint import read_checkpoint  # noqa: E402
 from ghostedge.model import architecture  # noqa: E402
-from ghostedge.model import read_checkpoint  # noqa: E402
 
 V3_RENAMES = ((".primary_conv.0.", ".primary_rpr_conv.0.conv."), (".primary_conv.1.", ".primary_rpr_conv.0.bn1."),
               (".cheap_operation.0.", ".cheap_rpr_conv.0.conv."), (".cheap_operation.1.", ".cheap_rpr_conv.0.bn1."),
