@@ -88,11 +88,37 @@ def _attrs(node: onnx.NodeProto) -> dict:
     return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
 
 
+def _text(v: bytes | str) -> str:
+    return v.decode() if isinstance(v, bytes) else v
+
+
+def _resize_nearest(n: onnx.NodeProto, a: dict, ins: list[torch.Tensor | None]) -> torch.Tensor:
+    """ONNX Resize in the one form ghostedge exports (GhostNetV2 / V3's attention gate): nearest, asymmetric,
+    floor, by constant scales on H and W; as ONNX Runtime computes it in float32: output size
+    int(in * scale), source index floor(out / scale)."""
+    form = (_text(a.get("mode", "nearest")), _text(a.get("coordinate_transformation_mode", "half_pixel")),
+            _text(a.get("nearest_mode", "round_prefer_floor")))
+    sizes = ins[3] if len(ins) > 3 else None
+    if form != ("nearest", "asymmetric", "floor") or len(ins) < 3 or ins[2] is None or sizes is not None:
+        raise Unsupported(f"Resize {n.name} other than nearest / asymmetric / floor by constant scales")
+    scales = [np.float32(v) for v in ins[2].tolist()]
+    if scales[0] != 1 or scales[1] != 1:
+        raise Unsupported(f"Resize {n.name} scales batch or channels")
+    x = ins[0]
+    for ax in (2, 3):
+        s, n_in = scales[ax], x.shape[ax]
+        n_out = int(np.float32(n_in) * s)
+        idx = np.minimum(np.floor(np.arange(n_out, dtype=np.float32) / s).astype(np.int64), n_in - 1)
+        x = x.index_select(ax, torch.from_numpy(idx))
+    return x
+
+
 class TorchGraph:
     """The FP32 ONNX graph, run op by op in PyTorch (float32, CPU)."""
 
     OPS = {"Conv", "Gemm", "Relu", "Add", "Mul", "Concat", "GlobalAveragePool", "HardSigmoid", "Sigmoid",
-           "Flatten", "Slice", "Clip", "Reshape", "Identity", "MaxPool", "AveragePool", "HardSwish", "Constant"}
+           "Flatten", "Slice", "Clip", "Reshape", "Identity", "MaxPool", "AveragePool", "HardSwish", "Constant",
+           "Resize"}
 
     def __init__(self, model: onnx.ModelProto):
         self.model = model
@@ -186,6 +212,8 @@ class TorchGraph:
                 raise Unsupported(f"{op} with asymmetric pads")
             fn = F.max_pool2d if op == "MaxPool" else F.avg_pool2d
             return fn(ins[0], k, a.get("strides", k), pads[:2])
+        if op == "Resize":
+            return _resize_nearest(n, a, ins)
         raise Unsupported(op)
 
     def inputs(self, n: onnx.NodeProto, env: dict) -> list[torch.Tensor | None]:

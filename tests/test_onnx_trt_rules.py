@@ -20,6 +20,7 @@ Rules (onnx-tensorrt's operator support notes and TensorRT's "Working with quant
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -245,3 +246,20 @@ def test_v2_v3_graphs_obey_the_rules_and_quantize_the_dfc_branch_by_them(v2v3_en
             and n.input[0] in producer]
     assert "Sigmoid" not in q_at and "Resize" not in q_at
     assert not any("_rpr_" in n.name for n in int8.graph.node)      # V3: re-parameterized before export
+
+
+def test_the_refinement_interpreter_runs_the_v2_v3_graphs(v2v3_engines):
+    """GPTQ rounding and bias correction run on refine.TorchGraph: it must run the attention gate's Resize as
+    ONNX Runtime does (else V2 / V3 would get plain mse ranges only)."""
+    from ghostedge.export import INPUT_NAME, ort_session
+    from ghostedge.refine import TorchGraph
+
+    _, eng = v2v3_engines
+    fp32 = onnx.load(str(eng / "ghostnet.onnx"))
+    x = np.random.default_rng(3).standard_normal((2, 3, 64, 64)).astype(np.float32)
+    want = ort_session(fp32).run(None, {INPUT_NAME: x})[0]
+    with torch.no_grad():
+        got = TorchGraph(fp32).forward(torch.from_numpy(x)).numpy()
+    assert np.abs(got - want).max() <= 1e-5 * max(1.0, float(np.abs(want).max()))
+    refinement = json.loads((eng / "ghostnet.quant.json").read_text())["refinement"]
+    assert refinement["weights_rounded"] > 0 and refinement["biases_corrected"] > 0, refinement
