@@ -330,7 +330,7 @@ def _drift_pass(cfg: BenchConfig, ev: ImageSet, info: ModelCard, size: int, mode
     with ExitStack() as stack:
         models = {}
         for i, (p, runner, man) in enumerate(opened):
-            fed = stack.enter_context(feed_for(runner, info.preprocess, engine_format(p, man)))
+            fed = stack.enter_context(feed_for(runner, info.input, engine_format(p, man)))
             models[f"engine{i}"] = (lambda r: lambda xb: logits_in_batches(r, xb, batch))(fed)
 
         def reference():  # noqa: ANN202

@@ -242,7 +242,7 @@ def build_tensorrt(cfg: BuildConfig, say: Callable[[str], None], trt=None, gpu: 
         if cfg.input_format.uint8:   # the portable artifact for the board: the uint8-input ONNX, beside the others
             check_uint8_input(cfg, exp, uses_cache)
             u8_path = cfg.engines / f"{Path(src_name).stem}.{cfg.input_format.layout}-uint8.onnx"
-            write_bytes_atomic(u8_path, uint8_input(onnx.load(str(cfg.engines / src_name)), info.preprocess,
+            write_bytes_atomic(u8_path, uint8_input(onnx.load(str(cfg.engines / src_name)), info.input,
                                                     cfg.input_format.layout).SerializeToString())
             src_name = u8_path.name
         cmd = trtexec_command(src_name, replace(cfg, batch=batch), plat, out.name, img, exp,

@@ -227,7 +227,7 @@ def with_input_format(cfg, model: onnx.ModelProto) -> onnx.ModelProto:  # noqa: 
     if info is None:
         raise GhostedgeError(f"{cfg.engines / FP32_NAME} carries no preprocessing (not a ghostedge export): a "
                              "uint8-input engine needs the mean/std; rerun ghostedge quantize")
-    return uint8_input(model, info.preprocess, cfg.input_format.layout)
+    return uint8_input(model, info.input, cfg.input_format.layout)
 
 
 def refined_float_graph(cfg) -> onnx.ModelProto:  # noqa: ANN001 (BuildConfig)
@@ -557,7 +557,7 @@ def _choose_cpu_engine(cfg, say: Callable[[str], None], threads: int, cpu: CpuIn
                     built[c.path] = build_engine(cfg, c.variant, c.path, size, record)
                 check_no_overflow(c.variant, built[c.path], cpu)
                 c.build_seconds = time.time() - tc
-                with feed_for(_open(c, threads), info.preprocess, cfg.input_format) as r:
+                with feed_for(_open(c, threads), info.input, cfg.input_format) as r:
                     _judge(c, logits_in_batches(r, x, 32), ref, est)
                     for b in batches:
                         c.throughput[str(b)] = time_runner(r, inputs[b], 1, None, SELECT_SECONDS).throughput

@@ -86,7 +86,7 @@ def open_model(path: Path, threads: int = 0, spec: ModelSpec | None = None) -> O
         from .checkpoint import load_model
 
         model, info = load_model(path, spec=spec)
-        return Opened(TorchRunner(model, name=path.name, threads=threads), info, FLOAT32, info.preprocess.input_size)
+        return Opened(TorchRunner(model, name=path.name, threads=threads), info, FLOAT32, info.input.input_size)
     from .backends.registry import backend_for_path
     from .bench import open_runner
     from .card import read_onnx_card
@@ -102,7 +102,7 @@ def open_model(path: Path, threads: int = 0, spec: ModelSpec | None = None) -> O
         raise GhostedgeError(f"{path} carries no model description (classes, preprocessing) and has no ghostedge "
                              "manifest: predict with an engine from ghostedge build, or with the checkpoint")
     check_against(info, spec, path.name)
-    size = int((man or {}).get("img_size") or info.preprocess.input_size)
+    size = int((man or {}).get("img_size") or info.input.input_size)
     return Opened(runner, info, engine_format(path, man), size)
 
 
@@ -154,7 +154,7 @@ def predict(cfg: PredictConfig, emit: Callable[[Prediction], None]) -> PredictSu
     if not cfg.images:
         raise GhostedgeError("no images given: pass image files or folders")
     om = open_model(cfg.model, cfg.threads, cfg.spec)
-    info, pre = om.info, om.info.preprocess
+    info, pre = om.info, om.info.input
     k = min(cfg.top, info.num_classes)
     summary = PredictSummary(str(cfg.model), om.runner.backend, om.runner.precision, om.fmt, pre.describe(),
                              om.size)
