@@ -163,7 +163,7 @@ def _eval_set(cfg: BenchConfig, info: ModelCard) -> ImageSet:
 
 def _foreign_card(path: Path) -> ModelCard:
     """The card of an engine ghostedge did not describe: a foreign ONNX's static input shape, else an error."""
-    if path.suffix == ".onnx":
+    if backend_for_path(path).onnx_engine:
         return card_for_onnx(path)
     raise GhostedgeError(f"{path.name} has no manifest beside it to say its input size: give the input size, "
                          "or rebuild it with ghostedge build")

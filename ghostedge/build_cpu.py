@@ -51,6 +51,7 @@ from .backends.base import logits_in_batches
 from .backends.common import BuildResult, Precision
 from .backends.registry import get as backend_named
 from .build_common import common_manifest, need_input, record_for, resolve_batch
+from .card import ModelCard
 from .cpu import NO_OVERFLOW_WEIGHT_MAX, CpuInt8, host_cpu
 from .errors import GhostedgeError
 from .quantize import FP32_NAME, INT8_NAME, RECORD_NAME
@@ -515,7 +516,7 @@ def choose_cpu_engine(cfg, say: Callable[[str], None], threads: int = 0,  # noqa
 
 def _choose_cpu_engine(cfg, say: Callable[[str], None], threads: int, cpu: CpuInt8 | None) -> BuildResult:  # noqa: ANN001
     from .estimate import qdq_logits
-    from .card import card_for_onnx
+    from .card import card_for_onnx, read_onnx_card
     from .input_uint8 import feed_for, timing_input
     from .quantize import ort_logits
 
@@ -524,9 +525,10 @@ def _choose_cpu_engine(cfg, say: Callable[[str], None], threads: int, cpu: CpuIn
     fp32_path = need_input(cfg.engines / FP32_NAME, "the FP32 ONNX")
     int8 = cfg.precision == Precision.int8
     have_record = int8 or (cfg.engines / RECORD_NAME).is_file()
-    calib_record = record_for(cfg.engines, fp32_path) if have_record else None
+    card = read_onnx_card(fp32_path)          # read once: the record check and the manifest take it too
+    calib_record = record_for(cfg.engines, fp32_path, card) if have_record else None
     record = calib_record if int8 else None
-    info = card_for_onnx(fp32_path)
+    info = card or card_for_onnx(fp32_path)
     size = cfg.img_size or info.input.input_size
     b0, _, b2 = resolve_batch(cfg)
     batches = sorted({b0, b2})
@@ -599,7 +601,7 @@ def _choose_cpu_engine(cfg, say: Callable[[str], None], threads: int, cpu: CpuIn
                  "held_out_images": len(x), "qdq_estimate_agreement_fp32": round(est_agree, 2),
                  "tolerance_pts": FAITHFUL_TOL_PTS, "alpha": FAITHFUL_ALPHA, "shortfall": shortfall,
                  "candidates": [c.record() for c in cands], "seconds": round(time.time() - t0, 1)}
-    return _write_cpu_manifest(replace(cfg, out=out), best.variant, record, fp32_path, t0, selection,
+    return _write_cpu_manifest(replace(cfg, out=out), best.variant, record, fp32_path, card, t0, selection,
                                built.get(best.path))
 
 
@@ -618,10 +620,10 @@ def _activations(v: Variant) -> str:
 
 
 def _write_cpu_manifest(cfg, variant: Variant, record: CalibrationRecord | None, fp32_path: Path,  # noqa: ANN001
-                        t0: float, selection: dict | None, code_max: int | None) -> BuildResult:
+                        card: ModelCard | None, t0: float, selection: dict | None, code_max: int | None) -> BuildResult:
     from .manifest import write_manifest
 
-    man = common_manifest(cfg, fp32_path, record, fp32_path)
+    man = common_manifest(cfg, fp32_path, record, fp32_path, card)
     man["variant"] = variant.name
     man["activations"] = _activations(variant) if record else "float32"
     man["weight_code_max"] = code_max
@@ -648,17 +650,19 @@ def build_cpu(cfg, backend: str, say: Callable[[str], None], cpu: CpuInt8 | None
 
 
 def _build_cpu(cfg, backend: str, say: Callable[[str], None], cpu: CpuInt8 | None) -> BuildResult:  # noqa: ANN001
-    from .card import card_for_onnx
+    from .card import card_for_onnx, read_onnx_card
 
     t0 = time.time()
     cpu = cpu if cpu is not None else probed_host(say)[0]
     fp32_path = need_input(cfg.engines / FP32_NAME, "the FP32 ONNX")
-    record = record_for(cfg.engines, fp32_path) if cfg.precision == Precision.int8 else None
+    card = read_onnx_card(fp32_path)          # read once: the record check and the manifest take it too
+    record = record_for(cfg.engines, fp32_path, card) if cfg.precision == Precision.int8 else None
     out = cfg.out or default_out(cfg.engines, cfg.precision, backend)
     v = forced_variant(backend, record is not None, cpu)
     tmp = out.with_name(f".{out.name}.{os.getpid()}{_ext(backend)}")
     try:  # built and checked under a temporary name, then moved into place
-        code_max = build_engine(cfg, v, tmp, cfg.img_size or card_for_onnx(fp32_path).input.input_size, record)
+        code_max = build_engine(cfg, v, tmp, cfg.img_size or (card or card_for_onnx(fp32_path)).input.input_size,
+                                record)
         check_no_overflow(v, code_max, cpu)
         _move_engine(tmp, out, backend)
     finally:
@@ -666,4 +670,4 @@ def _build_cpu(cfg, backend: str, say: Callable[[str], None], cpu: CpuInt8 | Non
             f.unlink(missing_ok=True)
     if record is not None and (cpu.ort_saturates if backend == "onnxruntime" else cpu.onednn_saturates):
         say(f"  {cpu.describe()}: built {v.name}, whose weights cannot overflow the int16 intermediate")
-    return _write_cpu_manifest(replace(cfg, out=out), v, record, fp32_path, t0, None, code_max)
+    return _write_cpu_manifest(replace(cfg, out=out), v, record, fp32_path, card, t0, None, code_max)
